@@ -1,0 +1,231 @@
+"""Typed, frozen settings: config.toml, overridden by TICKCAST_<SECTION>__<KEY> from the environment.
+
+Secrets (SASL password, Redis password) come from the environment only: a secret in the file is a
+configuration error, and a secret is never part of any message or log line (SecretStr).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from stream.errors import ConfigError
+
+ENV_PREFIX = "TICKCAST_"
+DEFAULT_CONFIG = Path("config.toml")
+
+#: Keys that may only be set from the environment.
+SECRET_KEYS = {("kafka", "sasl_password"), ("redis", "password")}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "tickcast"
+    client_id: str = "tickcast"
+    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    #: A prefix; each consumer instance appends its own id (exactly-once only).
+    transactional_id_prefix: str = "tickcast"
+
+    def librdkafka_common(self) -> dict[str, Any]:
+        """The client keys every Kafka client of tickcast shares."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        return conf
+
+
+class TopicsSettings(_Section):
+    ticks: str = "ticks"
+    forecasts: str = "forecasts"
+    dead_letter: str = "ticks.dlq"
+    #: Used when tickcast creates the topics (demo, replay); existing topics are left alone.
+    partitions: int = Field(default=6, ge=1, le=1024)
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "tickcast"
+    password: SecretStr = SecretStr("")
+    socket_timeout_s: float = Field(default=2.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str) -> str:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+
+class WindowSettings(_Section):
+    size: int = Field(default=60, ge=2, le=4096)
+    #: Entries kept beyond the window so that redelivered ticks get back their original window.
+    #: Must cover the largest uncommitted span per symbol: one batch.
+    history: int = Field(default=2048, ge=0, le=100_000)
+    late_policy: Literal["dead_letter", "drop"] = "dead_letter"
+
+
+class CacheSettings(_Section):
+    enabled: bool = True
+    ttl_seconds: int = Field(default=86_400, ge=1)
+
+
+class ModelSettings(_Section):
+    #: The artifact folder; empty means the shipped models/artifacts/CURRENT.
+    path: str = ""
+    backend: Literal["onnx", "tensorflow"] = "onnx"
+    horizon: int = Field(default=1, ge=1)
+    intra_op_threads: int = Field(default=1, ge=1, le=64)
+
+
+class ProcessingSettings(_Section):
+    guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    max_batch: int = Field(default=1000, ge=1, le=100_000)
+    poll_timeout_s: float = Field(default=0.2, gt=0, le=1.0)
+    max_message_bytes: int = Field(default=65_536, ge=64, le=10_485_760)
+    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+    redis_retry_max_s: float = Field(default=5.0, gt=0)
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9400, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicsSettings = TopicsSettings()
+    redis: RedisSettings = RedisSettings()
+    window: WindowSettings = WindowSettings()
+    cache: CacheSettings = CacheSettings()
+    model: ModelSettings = ModelSettings()
+    processing: ProcessingSettings = ProcessingSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _CONFIG_FILE_FOR_LOAD.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+# The file to read is chosen per load(); pydantic-settings asks for sources through a classmethod.
+_CONFIG_FILE_FOR_LOAD: dict[str, Path | None] = {}
+
+_SECTIONS = set(Settings.model_fields)
+
+
+def _check_file(path: Path) -> None:
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config error: {path} is not valid TOML: {exc}") from None
+    for section, body in data.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"config error: unknown section [{section}] in {path}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"config error: {section} in {path} must be a [section] table")
+        for key in body:
+            if (section, key) in SECRET_KEYS:
+                env = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+                raise ConfigError(
+                    f"config error: {section}.{key} is a secret; set it in the environment as {env},"
+                    f" not in {path}"
+                )
+
+
+def _check_env(environ: dict[str, str]) -> None:
+    for name in environ:
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :]
+        section, sep, key = rest.partition("__")
+        if not sep or section.lower() not in _SECTIONS or not key:
+            # Names like TICKCAST_LOCAL_DIR belong to the tooling, not to the service settings.
+            if section.lower() in _SECTIONS:
+                raise ConfigError(
+                    f"config error: {name} names no key; use {ENV_PREFIX}<SECTION>__<KEY>"
+                )
+            continue
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in error["loc"])
+    msg = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {loc}"
+    return f"{loc}: {msg} (got {error.get('input')!r})"
+
+
+def load(path: Path | str | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Load settings from `path` (default ./config.toml if present) and the environment.
+
+    Raises ConfigError naming the first bad key.
+    """
+    env = dict(os.environ if environ is None else environ)
+    file: Path | None
+    if path is None:
+        file = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config error: --config {file}: no such file")
+    if file is not None:
+        _check_file(file)
+    _check_env(env)
+    _CONFIG_FILE_FOR_LOAD["path"] = file
+    saved = os.environ.copy()
+    try:
+        if environ is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"config error: {_describe(dict(first))}") from None
+    finally:
+        if environ is not None:
+            os.environ.clear()
+            os.environ.update(saved)

@@ -1,0 +1,47 @@
+"""The exception tree of tickcast.
+
+    TickcastError                   root; `tickcast` prints its message and exits non-zero
+    ├── ConfigError                 a bad key, type or value in config.toml or TICKCAST_* (exit 2)
+    ├── UnreachableError            Kafka or Redis does not answer at the configured address (exit 2)
+    ├── LocalInfraError             the local broker or Redis could not be installed or started
+    ├── ModelError                  a missing, mismatched or corrupt model artifact
+    ├── DataError                   a CSV of prices that cannot be used (bad date, price, order)
+    ├── DeliveryError               Kafka refused a forecast or dead letter; the batch is not committed
+    └── StoreUnavailable            Redis failed mid-batch; the batch is retried, never committed
+"""
+
+from __future__ import annotations
+
+
+class TickcastError(Exception):
+    """Root of every error tickcast raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(TickcastError):
+    exit_code = 2
+
+
+class UnreachableError(TickcastError):
+    exit_code = 2
+
+
+class LocalInfraError(TickcastError):
+    exit_code = 3
+
+
+class ModelError(TickcastError):
+    exit_code = 4
+
+
+class DataError(TickcastError):
+    exit_code = 4
+
+
+class DeliveryError(TickcastError):
+    """A produce failed; carries librdkafka's error name so the cause stays readable."""
+
+
+class StoreUnavailable(TickcastError):
+    """Redis could not be reached or timed out during a batch."""

@@ -1,0 +1,513 @@
+"""A real Apache Kafka broker and a Redis server on loopback, without Docker.
+
+The broker comes from Maven Central: `org.apache.kafka:kafka_2.13` and its runtime dependencies, plus
+the log4j binding the published POM leaves out, are resolved with Maven into `<state>/kafka/libs`.
+KRaft storage is formatted once; one process is broker and controller. Redis is Debian's
+`redis-server`, installed with apt-get when missing and running as root.
+
+Everything lives under the state folder (`TICKCAST_LOCAL_DIR`, default `./.local`):
+
+    .local/kafka/libs/      broker classpath (cached; ~45 MB)
+    .local/kafka/data/      KRaft log dirs
+    .local/redis/           Redis working dir (no persistence: it is a cache of the topic)
+    .local/logs/            kafka.log, redis.log, maven.log
+    .local/run/             pid files of what `up` started, so `down` stops only those
+
+`tickcast services up|down|status`, or `make up|down|status`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from stream.errors import LocalInfraError
+
+KAFKA_VERSION = "4.1.1"
+LOG4J_VERSION = "2.24.3"
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+
+POM = f"""<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>tickcast.local</groupId>
+  <artifactId>kafka-broker-classpath</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>{KAFKA_VERSION}</version>
+    </dependency>
+    <!-- Kafka 4.1 logs through slf4j-api 1.7: the SLF4J 1.x binding of log4j2. -->
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j-impl</artifactId>
+      <version>{LOG4J_VERSION}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-core</artifactId>
+      <version>{LOG4J_VERSION}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+LOG4J2 = """status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.raft.name = kafka.server.KafkaRaftServer
+logger.raft.level = INFO
+"""
+
+
+@dataclass(frozen=True)
+class Ports:
+    kafka: int = 9092
+    controller: int = 9093
+    redis: int = 6379
+
+    @classmethod
+    def from_env(cls) -> Ports:
+        return cls(
+            kafka=int(os.environ.get("TICKCAST_LOCAL_KAFKA_PORT", "9092")),
+            controller=int(os.environ.get("TICKCAST_LOCAL_CONTROLLER_PORT", "9093")),
+            redis=int(os.environ.get("TICKCAST_LOCAL_REDIS_PORT", "6379")),
+        )
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> Layout:
+        return cls(Path(os.environ.get("TICKCAST_LOCAL_DIR", ".local")).resolve())
+
+    @property
+    def libs(self) -> Path:
+        return self.root / "kafka" / "libs"
+
+    @property
+    def kafka_data(self) -> Path:
+        return self.root / "kafka" / "data"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.root / "redis"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    def pidfile(self, name: str) -> Path:
+        return self.run / f"{name}.pid"
+
+
+def _say(msg: str) -> None:
+    print(f"[services] {msg}", file=sys.stderr, flush=True)
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+# ---------------------------------------------------------------- Kafka
+
+
+def ensure_kafka_jars(layout: Layout) -> float:
+    """Resolve the broker classpath once; returns seconds spent (0 when cached)."""
+    marker = layout.libs / f".kafka-{KAFKA_VERSION}"
+    if marker.exists():
+        return 0.0
+    if shutil.which("java") is None:
+        raise LocalInfraError(
+            "Java is not installed: the local Kafka broker needs Java 17 or newer "
+            "(Debian: apt-get install openjdk-17-jre-headless), or set KAFKA_BOOTSTRAP_SERVERS "
+            "to a broker you already run"
+        )
+    if shutil.which("mvn") is None:
+        raise LocalInfraError(
+            "Maven (mvn) is not installed: it resolves the Kafka broker jars "
+            "(Debian: apt-get install maven), or set KAFKA_BOOTSTRAP_SERVERS"
+        )
+    layout.libs.mkdir(parents=True, exist_ok=True)
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    pom = layout.root / "kafka" / "pom.xml"
+    pom.write_text(POM)
+    log = layout.logs / "maven.log"
+    _say(f"resolving Apache Kafka {KAFKA_VERSION} broker jars with Maven (log: {log})")
+    started = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.run(
+            [
+                "mvn",
+                "-B",
+                "-q",
+                "-f",
+                str(pom),
+                f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={layout.libs}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if proc.returncode != 0:
+        tail = " | ".join(log.read_text().strip().splitlines()[-3:])[-400:]
+        raise LocalInfraError(
+            f"Maven could not resolve org.apache.kafka:kafka_2.13:{KAFKA_VERSION} "
+            f"(exit {proc.returncode}; full log {log}): {tail}"
+        )
+    elapsed = time.monotonic() - started
+    size = sum(p.stat().st_size for p in layout.libs.glob("*.jar")) / 1e6
+    marker.write_text(f"{size:.1f} MB in {elapsed:.1f} s\n")
+    _say(f"broker jars ready: {size:.1f} MB in {elapsed:.1f} s")
+    return elapsed
+
+
+def _server_properties(layout: Layout, ports: Ports) -> str:
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{ports.controller}",
+            f"listeners=PLAINTEXT://127.0.0.1:{ports.kafka},CONTROLLER://127.0.0.1:{ports.controller}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{ports.kafka}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={layout.kafka_data}",
+            # One node: every replication default above 1 would leave groups and transactions stuck.
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "default.replication.factor=1",
+            "min.insync.replicas=1",
+            # Fast first group join and first transaction.
+            "offsets.topic.num.partitions=1",
+            "transaction.state.log.num.partitions=1",
+            "group.initial.rebalance.delay.ms=0",
+            # The cleaner's dedupe buffer defaults to 128 MiB of heap.
+            "log.cleaner.dedupe.buffer.size=16777216",
+            "num.network.threads=2",
+            "num.io.threads=2",
+            "num.partitions=1",
+            "auto.create.topics.enable=true",
+            "",
+        ]
+    )
+
+
+def _java(layout: Layout, *args: str, heap: str = "-Xmx512m") -> list[str]:
+    return [
+        "java",
+        "-Xms128m",
+        heap,
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true",
+        f"-Dkafka.logs.dir={layout.logs}",
+        f"-Dlog4j2.configurationFile={layout.root / 'kafka' / 'log4j2.properties'}",
+        "-cp",
+        f"{layout.libs}/*",
+        *args,
+    ]
+
+
+def _kafka_answers(bootstrap: str, timeout: float) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 1000})
+    try:
+        admin.list_topics(timeout=timeout)
+    except Exception:
+        return False
+    return True
+
+
+def start_kafka(layout: Layout, ports: Ports, ready_timeout: float = 90.0) -> None:
+    pidfile = layout.pidfile("kafka")
+    bootstrap = f"127.0.0.1:{ports.kafka}"
+    if _read_pid(pidfile) is not None:
+        if _kafka_answers(bootstrap, 5.0):
+            _say(f"kafka already running on {bootstrap} (pid {_read_pid(pidfile)})")
+            return
+    for port in (ports.kafka, ports.controller):
+        if port_open(port):
+            raise LocalInfraError(
+                f"port {port} on 127.0.0.1 is already in use by another program, so the local "
+                f"Kafka broker cannot start there; free it, pick other ports with "
+                f"TICKCAST_LOCAL_KAFKA_PORT / TICKCAST_LOCAL_CONTROLLER_PORT, or point "
+                f"KAFKA_BOOTSTRAP_SERVERS at the broker you already run"
+            )
+    ensure_kafka_jars(layout)
+    (layout.root / "kafka").mkdir(parents=True, exist_ok=True)
+    layout.kafka_data.mkdir(parents=True, exist_ok=True)
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    layout.run.mkdir(parents=True, exist_ok=True)
+    props = layout.root / "kafka" / "server.properties"
+    props.write_text(_server_properties(layout, ports))
+    (layout.root / "kafka" / "log4j2.properties").write_text(LOG4J2)
+    log = layout.logs / "kafka.log"
+
+    if not (layout.kafka_data / "meta.properties").exists():
+        # KRaft cluster id: 16 random bytes, unpadded base64url, must not start with '-'.
+        cluster_id = "-"
+        while cluster_id.startswith("-"):
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        with log.open("a") as out:
+            fmt = subprocess.run(
+                _java(
+                    layout,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(props),
+                    "--ignore-formatted",
+                ),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        if fmt.returncode != 0:
+            raise LocalInfraError(f"formatting KRaft storage failed (exit {fmt.returncode}); see {log}")
+
+    started = time.monotonic()
+    with log.open("a") as out:
+        proc = subprocess.Popen(
+            _java(layout, "kafka.Kafka", str(props)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives `make up` returning; `down` signals it by pid
+        )
+    pidfile.write_text(str(proc.pid))
+    deadline = started + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pidfile.unlink(missing_ok=True)
+            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])[-400:]
+            raise LocalInfraError(f"the Kafka broker exited with code {proc.returncode}: {tail} (log {log})")
+        if port_open(ports.kafka) and _kafka_answers(bootstrap, 2.0):
+            elapsed = time.monotonic() - started
+            rss = _rss_mb(proc.pid)
+            _say(
+                f"kafka ready on {bootstrap} in {elapsed:.1f} s "
+                f"(pid {proc.pid}, RSS {rss:.0f} MB, log {log})"
+            )
+            return
+        time.sleep(0.25)
+    raise LocalInfraError(f"the Kafka broker did not answer on {bootstrap} within {ready_timeout:.0f} s; see {log}")
+
+
+# ---------------------------------------------------------------- Redis
+
+
+def ensure_redis_server() -> str:
+    path = shutil.which("redis-server")
+    if path:
+        return path
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        _say("redis-server is missing; installing Debian's redis-server package")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                raise LocalInfraError(
+                    f"`{' '.join(cmd)}` failed (exit {res.returncode}): {res.stderr.strip()[-300:]}"
+                )
+        path = shutil.which("redis-server")
+        if path:
+            return path
+    raise LocalInfraError(
+        "redis-server is not installed. Install it (Debian/Ubuntu: sudo apt-get install redis-server) "
+        "or set REDIS_URL to a Redis server you already run"
+    )
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(layout: Layout, ports: Ports, ready_timeout: float = 15.0) -> None:
+    pidfile = layout.pidfile("redis")
+    if _read_pid(pidfile) is not None and _redis_answers(ports.redis):
+        _say(f"redis already running on 127.0.0.1:{ports.redis} (pid {_read_pid(pidfile)})")
+        return
+    if port_open(ports.redis):
+        raise LocalInfraError(
+            f"port {ports.redis} on 127.0.0.1 is already in use by another program, so the local "
+            f"Redis cannot start there; free it, pick another with TICKCAST_LOCAL_REDIS_PORT, or "
+            f"point REDIS_URL at the Redis you already run"
+        )
+    server = ensure_redis_server()
+    for d in (layout.redis_dir, layout.logs, layout.run):
+        d.mkdir(parents=True, exist_ok=True)
+    log = layout.logs / "redis.log"
+    with log.open("a") as out:
+        proc = subprocess.Popen(
+            [
+                server,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(ports.redis),
+                "--dir",
+                str(layout.redis_dir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    pidfile.write_text(str(proc.pid))
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pidfile.unlink(missing_ok=True)
+            raise LocalInfraError(f"redis-server exited with code {proc.returncode}; see {log}")
+        if _redis_answers(ports.redis):
+            _say(f"redis ready on 127.0.0.1:{ports.redis} (pid {proc.pid}, log {log})")
+            return
+        time.sleep(0.1)
+    raise LocalInfraError(f"redis-server did not answer on 127.0.0.1:{ports.redis}; see {log}")
+
+
+# ---------------------------------------------------------------- up / down / status
+
+
+def _stop(layout: Layout, name: str, timeout: float = 30.0) -> None:
+    pidfile = layout.pidfile(name)
+    pid = _read_pid(pidfile)
+    if pid is None:
+        pidfile.unlink(missing_ok=True)
+        _say(f"{name}: not running (nothing that `up` started)")
+        return
+    os.kill(pid, signal.SIGTERM)  # the broker shuts down cleanly on SIGTERM
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        _say(f"{name}: did not stop within {timeout:.0f} s; killed (pid {pid})")
+    else:
+        _say(f"{name}: stopped (pid {pid})")
+    pidfile.unlink(missing_ok=True)
+
+
+def up(layout: Layout | None = None, ports: Ports | None = None) -> tuple[str, str]:
+    """Start both services (idempotent); returns (bootstrap servers, redis url)."""
+    layout = layout or Layout.from_env()
+    ports = ports or Ports.from_env()
+    start_redis(layout, ports)
+    start_kafka(layout, ports)
+    return f"127.0.0.1:{ports.kafka}", f"redis://127.0.0.1:{ports.redis}/0"
+
+
+def down(layout: Layout | None = None) -> None:
+    layout = layout or Layout.from_env()
+    _stop(layout, "kafka")
+    _stop(layout, "redis")
+
+
+def status(layout: Layout | None = None, ports: Ports | None = None) -> bool:
+    layout = layout or Layout.from_env()
+    ports = ports or Ports.from_env()
+    ok = True
+    for name, port in (("kafka", ports.kafka), ("redis", ports.redis)):
+        pid = _read_pid(layout.pidfile(name))
+        if pid is None:
+            print(f"{name:6} stopped   port {port}")
+            ok = False
+        else:
+            rss = _rss_mb(pid)
+            print(f"{name:6} running   port {port}  pid {pid}  RSS {rss or 0:.0f} MB")
+    print(f"logs   {layout.logs}")
+    return ok
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["up", "down", "status"])
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "up":
+        up()
+        print(f"logs: {Layout.from_env().logs}")
+        return 0
+    if args.action == "down":
+        down()
+        return 0
+    return 0 if status() else 1

@@ -1,0 +1,129 @@
+"""Real Kafka and Redis for the suite, picked in this order:
+
+1. `KAFKA_BOOTSTRAP_SERVERS` / `REDIS_URL` when set;
+2. testcontainers, when a Docker engine answers (Kafka in KRaft mode with one-node transaction logs);
+3. the local broker and Redis of `stream.localinfra` (started if not running; `make test` starts them).
+
+A missing service fails the tests that need it; nothing is skipped. Each test gets its own topics and
+its own Redis key prefix, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from collections.abc import Callable, Iterator
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def _services() -> Iterator[dict[str, str]]:
+    kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    redis_url = os.environ.get("REDIS_URL")
+    containers: list[object] = []
+    if (kafka is None or redis_url is None) and _docker_answers():
+        from testcontainers.community.kafka import KafkaContainer
+        from testcontainers.community.redis import RedisContainer
+
+        if kafka is None:
+            kc = (
+                KafkaContainer("confluentinc/cp-kafka:7.7.1")
+                .with_kraft()
+                .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+                .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+            )
+            kc.start()
+            containers.append(kc)
+            kafka = kc.get_bootstrap_server()
+        if redis_url is None:
+            rc = RedisContainer("redis:7.2")
+            rc.start()
+            containers.append(rc)
+            redis_url = f"redis://{rc.get_container_host_ip()}:{rc.get_exposed_port(6379)}/0"
+    if kafka is None or redis_url is None:
+        from stream import localinfra
+
+        layout = localinfra.Layout(root=Path(ROOT) / ".local")
+        local_kafka, local_redis = localinfra.up(layout=layout)
+        kafka = kafka or local_kafka
+        redis_url = redis_url or local_redis
+    yield {"kafka": kafka, "redis": redis_url}
+    for c in containers:
+        c.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(_services: dict[str, str]) -> str:
+    return _services["kafka"]
+
+
+@pytest.fixture(scope="session")
+def redis_url(_services: dict[str, str]) -> str:
+    return _services["redis"]
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[object]:
+    import redis
+
+    client = redis.Redis.from_url(redis_url, decode_responses=False)
+    client.ping()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def key_prefix(redis_url: str) -> Iterator[str]:
+    """A prefix no other test uses; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"test-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """Creates topics with unique names; deletes them after the test."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    made: list[str] = []
+
+    def make(stem: str = "t", partitions: int = 1) -> str:
+        name = f"{stem}-{uuid.uuid4().hex[:10]}"
+        futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        futures[name].result(timeout=30)
+        made.append(name)
+        return name
+
+    yield make
+    if made:
+        for fut in admin.delete_topics(made, operation_timeout=10).values():
+            try:
+                fut.result(timeout=15)
+            except Exception:  # a topic already gone must not fail the test that made it
+                pass
