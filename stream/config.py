@@ -191,12 +191,13 @@ def _check_env(environ: dict[str, str]) -> None:
             continue
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any], env: dict[str, str], file: Path | None) -> str:
     loc = ".".join(str(p) for p in error["loc"])
-    msg = str(error["msg"])
+    var = ENV_PREFIX + "__".join(str(p).upper() for p in error["loc"])
+    origin = f" (from {var})" if var in {k.upper() for k in env} else f" (in {file})" if file else ""
     if error["type"] == "extra_forbidden":
-        return f"unknown key {loc}"
-    return f"{loc}: {msg} (got {error.get('input')!r})"
+        return f"unknown key {loc}{origin}"
+    return f"{loc}: {error['msg']}, got {error.get('input')!r}{origin}"
 
 
 def load(path: Path | str | None = None, environ: dict[str, str] | None = None) -> Settings:
@@ -224,7 +225,7 @@ def load(path: Path | str | None = None, environ: dict[str, str] | None = None) 
         return Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ConfigError(f"config error: {_describe(dict(first))}") from None
+        raise ConfigError(f"config error: {_describe(dict(first), env, file)}") from None
     finally:
         if environ is not None:
             os.environ.clear()

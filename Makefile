@@ -1,0 +1,69 @@
+# tickcast: `make demo` shows it working, `make test` runs the whole suite. `make help` lists targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install up down status test unit lint typecheck fmt demo bench train evaluate clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tickcast needs Python >= 3.11")'
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[train,test]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+install: $(STAMP) ## create .venv and install tickcast with its [train,test] extras
+
+up: $(STAMP) ## start the local Kafka broker and Redis (idempotent; logs in .local/logs)
+	$(BIN)/tickcast services up
+
+down: ## stop what `make up` started
+	@test -x $(BIN)/tickcast && $(BIN)/tickcast services down || true
+
+status: ## show the local services, their pids, RSS and log folder
+	@$(BIN)/tickcast services status
+
+# Services: KAFKA_BOOTSTRAP_SERVERS / REDIS_URL if set, else the local ones (started here).
+test: $(STAMP) ## install, start local Kafka + Redis unless configured, lint, type-check, run the whole suite
+	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ] || [ -z "$$REDIS_URL" ]; then $(BIN)/tickcast services up; fi
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: $(STAMP) ## the fast tests only (no Kafka, no Redis)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP) ## mypy --strict on stream/
+	$(BIN)/mypy
+
+fmt: $(STAMP) ## format and autofix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: $(STAMP) ## the gold series through the live consumer, with a summary
+	$(BIN)/tickcast demo
+
+bench: $(STAMP) ## model and end-to-end benchmarks
+	$(BIN)/tickcast bench model
+	$(BIN)/tickcast bench e2e
+
+train: $(STAMP) ## train a new model artifact on the bundled gold series
+	$(BIN)/tickcast train
+
+evaluate: $(STAMP) ## evaluate the served artifact against persistence
+	$(BIN)/tickcast evaluate
+
+clean: down ## stop services, remove .venv and .local
+	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,88 @@
+"""Settings: file, environment overrides, and one clear message naming the bad key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stream import config
+from stream.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_config_matches_the_contract_defaults() -> None:
+    s = config.load(ROOT / "config.toml", environ={})
+    assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert s.kafka.group_id == "tickcast"
+    assert (s.topics.ticks, s.topics.forecasts, s.topics.dead_letter) == ("ticks", "forecasts", "ticks.dlq")
+    assert s.redis.url == "redis://127.0.0.1:6379/0"
+    assert s.window.size == 60
+    assert s.model.backend == "onnx"
+    assert s.processing.guarantee == "at-least-once"
+    assert s.processing.max_message_bytes == 65536
+    assert (s.metrics.host, s.metrics.port) == ("127.0.0.1", 9400)
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    env = {
+        "TICKCAST_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:19092",
+        "TICKCAST_TOPICS__TICKS": "t1",
+        "TICKCAST_WINDOW__SIZE": "30",
+    }
+    s = config.load(ROOT / "config.toml", environ=env)
+    assert s.kafka.bootstrap_servers == "127.0.0.1:19092"
+    assert s.topics.ticks == "t1"
+    assert s.window.size == 30
+
+
+def test_settings_are_frozen() -> None:
+    s = config.load(ROOT / "config.toml", environ={})
+    with pytest.raises(Exception, match="frozen"):
+        s.kafka.group_id = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "named"),
+    [
+        ("[kafka]\nbootstrap_server = 'x:1'\n", {}, "kafka.bootstrap_server"),
+        ("[kafak]\n", {}, "[kafak]"),
+        ("[window]\nsize = 'sixty'\n", {}, "window.size"),
+        ("", {"TICKCAST_WINDOW__SIZE": "abc"}, "TICKCAST_WINDOW__SIZE"),
+        ("", {"TICKCAST_PROCESSING__GUARANTEE": "most-once"}, "processing.guarantee"),
+        ("", {"TICKCAST_KAFKA__NOPE": "1"}, "kafka.nope"),
+        ("[redis]\npassword = 'hunter2'\n", {}, "TICKCAST_REDIS__PASSWORD"),
+        ("[redis]\nurl = 'http://x'\n", {}, "redis.url"),
+        ("[metrics]\nport = 70000\n", {}, "metrics.port"),
+    ],
+)
+def test_bad_setting_names_the_key(tmp_path: Path, toml: str, env: dict[str, str], named: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        config.load(path, environ=env)
+    assert named in str(err.value)
+    assert "hunter2" not in str(err.value)
+
+
+def test_secret_from_environment_is_never_shown() -> None:
+    s = config.load(ROOT / "config.toml", environ={"TICKCAST_REDIS__PASSWORD": "hunter2"})
+    assert s.redis.password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
+
+
+def test_cli_exits_2_with_one_line_naming_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[window]\nsise = 60\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "--config", str(bad), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "window.sise" in proc.stderr
+    assert "Traceback" not in proc.stderr
