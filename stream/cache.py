@@ -1,0 +1,94 @@
+"""The forecast result cache: model outputs keyed by the exact window bytes, in Redis.
+
+Key `{prefix}:fc:{model_version}:{digest}`, value the raw float64 bytes of the model's outputs for
+that window, so a cached forecast is bit-identical to a computed one. The model version in the key
+means a new model never serves an old model's answers. One round trip per batch for lookups
+(MGET) and one for fills (a non-transactional pipeline of SET EX).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import redis
+import redis.exceptions
+
+from stream.errors import StoreUnavailable
+
+_UNAVAILABLE = (
+    redis.exceptions.ConnectionError,  # includes BusyLoadingError
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+)
+
+_F64 = np.dtype("<f8")
+
+
+def digest(prices: npt.NDArray[np.float64], horizon: int) -> str:
+    """blake2b-128 of the window's float64 bytes and the horizon, as 32 hex chars.
+
+    This is also the forecast's `window_hash`. The bytes hashed are little-endian float64 whatever
+    the array's dtype or layout, so equal windows always hash equal.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.ascontiguousarray(prices, dtype=_F64).tobytes())
+    h.update(struct.pack("<q", horizon))
+    return h.hexdigest()
+
+
+class ForecastCache:
+    def __init__(
+        self,
+        client: redis.Redis,
+        key_prefix: str,
+        model_version: str,
+        horizon: int,
+        ttl_seconds: int,
+        enabled: bool = True,
+    ) -> None:
+        if ttl_seconds < 1:
+            raise ValueError("ttl_seconds must be >= 1")
+        self._client = client
+        self._prefix = key_prefix
+        self.model_version = model_version
+        self.horizon = horizon
+        self.ttl_seconds = ttl_seconds
+        self.enabled = enabled
+
+    def key(self, window_digest: str) -> str:
+        return f"{self._prefix}:fc:{self.model_version}:{window_digest}"
+
+    def get_many(self, digests: Sequence[str]) -> list[npt.NDArray[np.float64] | None]:
+        """Cached outputs per digest (None on a miss), in one MGET."""
+        if not self.enabled or not digests:
+            return [None] * len(digests)
+        try:
+            values: Any = self._client.mget([self.key(d) for d in digests])
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"redis: cache lookup failed: {exc}") from exc
+        out: list[npt.NDArray[np.float64] | None] = []
+        for v in values:
+            # A value that is not whole float64s is not ours: a miss, and the fill overwrites it.
+            if v is None or len(v) == 0 or len(v) % 8:
+                out.append(None)
+            else:
+                out.append(np.frombuffer(v, dtype=_F64))
+        return out
+
+    def put_many(self, items: Sequence[tuple[str, npt.NDArray[np.float64]]]) -> None:
+        """Store outputs per digest with the TTL, in one pipelined round trip."""
+        if not self.enabled or not items:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for window_digest, outputs in items:
+            value = np.ascontiguousarray(outputs, dtype=_F64).tobytes()
+            pipe.set(self.key(window_digest), value, ex=self.ttl_seconds)
+        try:
+            pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"redis: cache fill failed: {exc}") from exc

@@ -1,0 +1,241 @@
+"""Ticks in, forecasts out: the pure core of tickcast, given its three collaborators.
+
+    messages -> decode_batch -> store.append_batch (one Redis call) -> digests
+             -> cache.get_many (one call) -> predictor.predict_batch (one call, distinct misses)
+             -> cache.put_many (one call) -> forecasts, in input order
+
+Nothing here touches Kafka; Redis only through the store and the cache. Errors of the collaborators
+(StoreUnavailable, ModelError) propagate: the runner retries the batch and commits nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from stream.cache import digest
+from stream.contracts import Forecast, RawMessage, Rejected, Tick, Window, decode_batch
+from stream.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+F64Array = npt.NDArray[np.float64]
+
+STAGES = ("decode", "window", "cache", "inference")
+
+_STORE_DETAIL = {
+    "late": "ts older than the symbol's last tick",
+    "duplicate": "ts equal to the symbol's last tick",
+}
+
+
+class WindowBatchLike(Protocol):
+    @property
+    def windows(self) -> list[Window]: ...
+    @property
+    def rejected(self) -> list[tuple[Tick, str]]: ...
+    @property
+    def counts(self) -> dict[str, int]: ...
+
+
+class WindowStoreLike(Protocol):
+    def append_batch(self, ticks: Sequence[Tick]) -> WindowBatchLike: ...
+
+
+class CacheLike(Protocol):
+    def get_many(self, digests: Sequence[str]) -> list[F64Array | None]: ...
+    def put_many(self, items: Sequence[tuple[str, F64Array]]) -> None: ...
+
+
+class PredictorLike(Protocol):
+    """The model as the pipeline sees it; `quantiles` ascending, one of them 0.5."""
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def horizon(self) -> int: ...
+    @property
+    def quantiles(self) -> Sequence[float]: ...
+    @property
+    def interval(self) -> float: ...
+    def predict_batch(self, windows: F64Array) -> F64Array: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one batch produced. `counts` are tick outcomes: the store's plus `invalid`."""
+
+    forecasts: list[Forecast]
+    dead_letters: list[Rejected]
+    counts: dict[str, int]
+    cache_hits: int = 0
+    cache_misses: int = 0
+    non_finite: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    inference_batch_size: int = 0
+
+
+class Pipeline:
+    def __init__(
+        self,
+        store: WindowStoreLike,
+        cache: CacheLike,
+        predictor: PredictorLike,
+        source_topic: str,
+        clock_ms: Callable[[], int],
+        late_policy: Literal["dead_letter", "drop"] = "dead_letter",
+    ) -> None:
+        if late_policy not in ("dead_letter", "drop"):
+            raise ValueError(f"late_policy must be 'dead_letter' or 'drop', got {late_policy!r}")
+        self.store = store
+        self.cache = cache
+        self.predictor = predictor
+        self.source_topic = source_topic
+        self.clock_ms = clock_ms
+        self.late_policy = late_policy
+
+    def _quantile_indices(self) -> tuple[int, int, int]:
+        """(lower, median, upper) columns of the model's outputs; read per batch (hot reload)."""
+        qs = list(self.predictor.quantiles)
+        medians = [i for i, q in enumerate(qs) if abs(q - 0.5) < 1e-9]
+        if not medians or any(a >= b for a, b in itertools.pairwise(qs)):
+            raise ModelError(f"model quantiles {qs} must be ascending and include 0.5")
+        return 0, medians[0], len(qs) - 1
+
+    def process(self, messages: Sequence[RawMessage], max_message_bytes: int) -> BatchResult:
+        clock = time.perf_counter
+        stages = dict.fromkeys(STAGES, 0.0)
+
+        t0 = clock()
+        ticks, dead_letters = decode_batch(messages, max_message_bytes)
+        stages["decode"] = clock() - t0
+
+        t0 = clock()
+        batch = self.store.append_batch(ticks)
+        stages["window"] = clock() - t0
+        counts = dict(batch.counts)
+        counts["invalid"] = len(dead_letters)
+        if batch.rejected and self.late_policy == "dead_letter":
+            # The dead letter carries the message exactly as it arrived.
+            by_position = {(m.partition(), m.offset()): m for m in messages}
+            for tick, reason in batch.rejected:
+                m = by_position[(tick.partition, tick.offset)]
+                dead_letters.append(
+                    Rejected(
+                        reason,
+                        _STORE_DETAIL.get(reason, reason),
+                        m.value(),
+                        m.key(),
+                        m.topic() or self.source_topic,
+                        tick.partition,
+                        tick.offset,
+                    )
+                )
+
+        windows = batch.windows
+        if not windows:
+            return BatchResult([], dead_letters, counts, stage_seconds=stages)
+
+        predictor = self.predictor
+        lo_i, mid_i, hi_i = self._quantile_indices()
+        n_q = len(predictor.quantiles)
+        horizon = predictor.horizon
+
+        t0 = clock()
+        digests = [digest(w.prices, horizon) for w in windows]
+        distinct = list(dict.fromkeys(digests))
+        cached = self.cache.get_many(distinct)
+        stages["cache"] = clock() - t0
+        if len(cached) != len(distinct):
+            raise RuntimeError(f"cache returned {len(cached)} results for {len(distinct)} keys")
+        outputs: dict[str, F64Array] = {}
+        from_cache: set[str] = set()
+        for d, hit in zip(distinct, cached, strict=True):
+            if hit is not None and hit.shape == (n_q,):
+                outputs[d] = hit
+                from_cache.add(d)
+        misses = [d for d in distinct if d not in outputs]
+
+        if misses:
+            first_window: dict[str, Window] = {}
+            for d, w in zip(digests, windows, strict=True):
+                first_window.setdefault(d, w)
+            matrix = np.stack([first_window[d].prices for d in misses]).astype(np.float64)
+            t0 = clock()
+            result = predictor.predict_batch(matrix)
+            stages["inference"] = clock() - t0
+            if result.shape != (len(misses), n_q):
+                raise ModelError(
+                    f"model returned shape {result.shape} for {len(misses)} windows,"
+                    f" expected ({len(misses)}, {n_q})"
+                )
+            fills: list[tuple[str, F64Array]] = []
+            for d, row in zip(misses, result, strict=True):
+                if np.all(np.isfinite(row)):
+                    fills.append((d, row))
+                    outputs[d] = row
+            t0 = clock()
+            self.cache.put_many(fills)
+            stages["cache"] += clock() - t0
+
+        forecasts: list[Forecast] = []
+        non_finite = 0
+        produced_at = self.clock_ms()
+        for d, w in zip(digests, windows, strict=True):
+            row = outputs.get(d)
+            tick = w.tick
+            if row is not None:
+                last = tick.price
+                price = last * math.exp(float(row[mid_i]))
+                lower = last * math.exp(float(row[lo_i]))
+                upper = last * math.exp(float(row[hi_i]))
+                if math.isfinite(price) and math.isfinite(lower) and math.isfinite(upper):
+                    forecasts.append(
+                        Forecast(
+                            symbol=tick.symbol,
+                            ts=tick.ts,
+                            horizon=horizon,
+                            price=price,
+                            lower=lower,
+                            upper=upper,
+                            interval=float(predictor.interval),
+                            last_price=last,
+                            model_version=predictor.version,
+                            window_hash=d,
+                            cached=d in from_cache,
+                            source_topic=self.source_topic,
+                            source_partition=tick.partition,
+                            source_offset=tick.offset,
+                            produced_at=produced_at,
+                        )
+                    )
+                    continue
+            non_finite += 1
+            log.warning(
+                "model output not finite, forecast dropped symbol=%s window_hash=%s"
+                ' partition="%s[%d]" offset=%d model_version=%s',
+                tick.symbol,
+                d,
+                self.source_topic,
+                tick.partition,
+                tick.offset,
+                predictor.version,
+            )
+        return BatchResult(
+            forecasts,
+            dead_letters,
+            counts,
+            cache_hits=len(from_cache),
+            cache_misses=len(misses),
+            non_finite=non_finite,
+            stage_seconds=stages,
+            inference_batch_size=len(misses),
+        )

@@ -1,0 +1,326 @@
+"""Rolling price windows in Redis, idempotent under redelivery: one atomic Lua call per batch.
+
+Layout: one string per symbol, `{prefix}:win:{SYMBOL}` (the braces are a Redis Cluster hash tag),
+a fixed-capacity ring of C = W + R entries, struct-of-arrays so that a window is one or two
+contiguous byte ranges:
+
+    [0, 56)              header: 7 little-endian float64: layout version (1), capacity C,
+                         count (entries ever appended), lineage start (seq of the first entry of
+                         the current partition), last ts, last offset, last partition
+    [56, 56 + 8C)        prices     (float64, slot = seq mod C)
+    then 8C bytes each   event ts, source offset, source partition (float64 each)
+
+Every number is a float64 because Redis Lua numbers are doubles; event times are limited to
++-2**53 at decode for the same reason, offsets and partitions never get near it. The capacity is
+fixed when a key is created: a changed `window.history` applies to new symbols only.
+
+Per tick, the script decides (same partition as the last applied entry, unless noted):
+- first tick of a symbol, or offset above the last applied one: appended if its ts is above the
+  last ts, else `late` (older) or `duplicate` (same ts), state unchanged;
+- another partition than the last entry's (the topic was repartitioned): a new lineage, judged by
+  ts alone as above;
+- offset at or below the last applied one: a redelivery. The entry with that offset is looked up
+  (binary search over the offsets of the current lineage) and the window that ended there is
+  returned (`replayed`). An offset not in the history was rejected the first time: the verdict is
+  reproduced by comparing with the entry just before it. Beyond the history: `too_old`.
+
+The per-partition marker `{prefix}:mark:{topic}:{partition}` holds the highest appended offset;
+it is written in the same call, so windows and marker cannot disagree after a crash.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis
+import redis.exceptions
+
+from stream.contracts import Tick, Window
+from stream.errors import ConfigError, StoreUnavailable
+
+OUTCOMES = ("processed", "warming", "replayed", "late", "duplicate", "too_old")
+
+# KEYS[1..n]      the window key of each distinct symbol of the batch
+# KEYS[n+1..]     the marker key of each distinct partition of the batch
+# ARGV[1]         W, the window size
+# ARGV[2]         C, the ring capacity (W + R) for keys this call creates
+# ARGV[3]         n, the number of window keys
+# ARGV[4]         the ticks, 40 bytes each, little-endian: u32 window key index (1-based),
+#                 u32 marker key index (1-based, counted from KEYS[n+1]), f64 price, f64 ts,
+#                 f64 offset, f64 partition
+# Returns {outcomes, windows}: one byte per tick (p appended with a window, w appended while
+# warming up, r replayed with a window, R replayed without one (it was warming), l late,
+# d duplicate, o too old), and the prices of every returned window, W float64 each, in tick order.
+# All reads (including the layout check) come before the first write, and nothing after the first
+# write can fail, so a batch is applied entirely or not at all.
+_APPEND_BATCH_LUA = r"""
+local W = tonumber(ARGV[1])
+local NEWCAP = tonumber(ARGV[2])
+local NKEYS = tonumber(ARGV[3])
+local BLOB = ARGV[4]
+local HDR = 56
+local spack, sunpack = struct.pack, struct.unpack
+local sub, concat = string.sub, table.concat
+
+local states = {}
+for k = 1, NKEYS do
+  local key = KEYS[k]
+  local h = redis.call('GETRANGE', key, 0, HDR - 1)
+  local st = {key = key, count = 0, lstart = 0, cap = NEWCAP,
+              pprice = {}, pts = {}, poff = {}, ppart = {}}
+  if #h == HDR then
+    local version
+    version, st.cap, st.count, st.lstart, st.lts, st.loff, st.lpart = sunpack('<ddddddd', h)
+    if version ~= 1 then
+      return redis.error_reply('tickcast: ' .. key .. ' has unknown layout ' .. version)
+    end
+  elseif #h ~= 0 then
+    return redis.error_reply('tickcast: ' .. key .. ' is not a window')
+  end
+  if st.cap < W then
+    return redis.error_reply('tickcast: ' .. key .. ' holds ' .. st.cap ..
+      ' entries, fewer than the window size ' .. W)
+  end
+  states[k] = st
+end
+
+-- n prices from seq `first` on, from Redis (the symbol's pending entries must be flushed)
+local function read_prices(st, first, n)
+  local slot = first % st.cap
+  local n1 = math.min(n, st.cap - slot)
+  local s = redis.call('GETRANGE', st.key, HDR + slot * 8, HDR + (slot + n1) * 8 - 1)
+  if n1 < n then
+    s = s .. redis.call('GETRANGE', st.key, HDR, HDR + (n - n1) * 8 - 1)
+  end
+  return s
+end
+
+local function flush(st)
+  local n = #st.pprice
+  if n == 0 then return end
+  local cap = st.cap
+  -- more appends than slots in one batch: the older ones are overwritten anyway
+  local skip = math.max(0, n - cap)
+  local slot = (st.pfirst + skip) % cap
+  local n1 = math.min(n - skip, cap - slot)
+  local regions = {st.pprice, st.pts, st.poff, st.ppart}
+  for r = 1, 4 do
+    local base = HDR + (r - 1) * cap * 8
+    local t = regions[r]
+    redis.call('SETRANGE', st.key, base + slot * 8, concat(t, '', skip + 1, skip + n1))
+    if skip + n1 < n then
+      redis.call('SETRANGE', st.key, base, concat(t, '', skip + n1 + 1, n))
+    end
+  end
+  redis.call('SETRANGE', st.key, 0,
+    spack('<ddddddd', 1, cap, st.count, st.lstart, st.lts, st.loff, st.lpart))
+  st.pprice, st.pts, st.poff, st.ppart = {}, {}, {}, {}
+  st.offs = nil
+end
+
+local function append(st, pb, ts, off, part)
+  if st.tail == nil then
+    -- first append of this symbol in the batch: nothing is pending, Redis is current
+    local have = math.min(st.count, W - 1)
+    st.tail = have > 0 and read_prices(st, st.count - have, have) or ''
+  end
+  local win = st.tail .. pb
+  if #win > (W - 1) * 8 then st.tail = sub(win, 9) else st.tail = win end
+  if #st.pprice == 0 then st.pfirst = st.count end
+  local i = #st.pprice + 1
+  st.pprice[i] = pb
+  st.pts[i] = spack('<d', ts)
+  st.poff[i] = spack('<d', off)
+  st.ppart[i] = spack('<d', part)
+  st.count = st.count + 1
+  st.lts, st.loff, st.lpart = ts, off, part
+  if #win == W * 8 then return 'p', win end
+  return 'w', nil
+end
+
+local function redelivered(st, ts, off)
+  flush(st)
+  local cap = st.cap
+  if st.offs == nil then
+    st.offs = redis.call('GETRANGE', st.key, HDR + 2 * cap * 8, HDR + 3 * cap * 8 - 1)
+  end
+  local offs = st.offs
+  local function off_at(seq) return (sunpack('<d', offs, (seq % cap) * 8 + 1)) end
+  local oldest = math.max(0, st.count - cap)
+  local lo, hi = math.max(oldest, st.lstart), st.count - 1
+  if off_at(lo) > off then return 'o', nil end
+  while lo < hi do -- the last entry at or below `off`; offsets increase within a lineage
+    local mid = math.floor((lo + hi + 1) / 2)
+    if off_at(mid) <= off then lo = mid else hi = mid - 1 end
+  end
+  local j = lo
+  if off_at(j) == off then
+    if j + 1 < W then return 'R', nil end
+    if j - W + 1 < oldest then return 'o', nil end
+    return 'r', read_prices(st, j - W + 1, W)
+  end
+  -- rejected the first time: the entry before it was the last one then
+  local at = HDR + cap * 8 + (j % cap) * 8
+  local tj = sunpack('<d', redis.call('GETRANGE', st.key, at, at + 7))
+  if ts < tj then return 'l', nil elseif ts == tj then return 'd', nil end
+  return 'o', nil
+end
+
+local outcomes, windows, marks = {}, {}, {}
+local pos = 1
+for i = 1, #BLOB / 40 do
+  local ki, mi = sunpack('<I4I4', BLOB, pos)
+  local pb = sub(BLOB, pos + 8, pos + 15)
+  local ts, off, part = sunpack('<ddd', BLOB, pos + 16)
+  pos = pos + 40
+  local st = states[ki]
+  local code, win
+  if st.count > 0 and (part ~= st.lpart or off > st.loff) then
+    if ts > st.lts then
+      if part ~= st.lpart then st.lstart = st.count end
+      code, win = append(st, pb, ts, off, part)
+    elseif ts < st.lts then code = 'l' else code = 'd' end
+  elseif st.count == 0 then
+    code, win = append(st, pb, ts, off, part)
+  else
+    code, win = redelivered(st, ts, off)
+  end
+  if code == 'p' or code == 'w' then
+    if marks[mi] == nil or marks[mi] < off then marks[mi] = off end
+  end
+  outcomes[i] = code
+  if win then windows[#windows + 1] = win end
+end
+
+for k = 1, NKEYS do flush(states[k]) end
+for mi, off in pairs(marks) do
+  local mk = KEYS[NKEYS + mi]
+  local cur = tonumber(redis.call('GET', mk))
+  if cur == nil or cur < off then redis.call('SET', mk, string.format('%.0f', off)) end
+end
+return {concat(outcomes), concat(windows)}
+"""
+
+# u32 window key index, u32 marker key index, price, ts, offset, partition (see the script)
+_TICK_RECORD = struct.Struct("<IIdddd")
+
+_WINDOW_CODES = {ord("p"): False, ord("r"): True}
+_COUNTED = {
+    ord("p"): ("processed",),
+    ord("w"): ("processed", "warming"),
+    ord("r"): ("replayed",),
+    ord("R"): ("replayed",),
+    ord("l"): ("late",),
+    ord("d"): ("duplicate",),
+    ord("o"): ("too_old",),
+}
+_REJECTED = {ord("l"): "late", ord("d"): "duplicate"}
+
+#: Redis failures that mean "not now": the batch is retried, never committed.
+_UNAVAILABLE = (
+    redis.exceptions.ConnectionError,  # includes BusyLoadingError
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,  # a replica promoted mid-failover
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowBatch:
+    """What one `append_batch` did.
+
+    `windows`: every full window, in input order: new ones, and for redelivered ticks the window
+    that ended at that tick (replayed=True). `rejected`: ticks not appended (`late`, `duplicate`).
+    `counts`: per outcome; `processed` counts every appended tick, `warming` the appended ones
+    that did not complete a window yet (a subset of `processed`); `replayed` counts every
+    recognised redelivery, `too_old` those beyond the history (skipped, no window).
+    """
+
+    windows: list[Window]
+    rejected: list[tuple[Tick, str]]
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+
+
+class WindowStore:
+    """Per-symbol windows of `size` prices plus `history` replay entries, in Redis."""
+
+    def __init__(
+        self, client: redis.Redis, key_prefix: str, size: int, history: int, source_topic: str
+    ) -> None:
+        if size < 1 or history < 0:
+            raise ValueError("window size must be >= 1 and history >= 0")
+        self._client = client
+        self._prefix = key_prefix
+        self.size = size
+        self.history = history
+        self.source_topic = source_topic
+        self._script = client.register_script(_APPEND_BATCH_LUA)
+
+    def window_key(self, symbol: str) -> str:
+        return f"{self._prefix}:win:{{{symbol}}}"
+
+    def marker_key(self, partition: int) -> str:
+        return f"{self._prefix}:mark:{self.source_topic}:{partition}"
+
+    def append_batch(self, ticks: Sequence[Tick]) -> WindowBatch:
+        """Apply a batch in one atomic script call; see the module docstring for the rules."""
+        if not ticks:
+            return WindowBatch([], [])
+        key_index: dict[str, int] = {}
+        mark_index: dict[int, int] = {}
+        pack = _TICK_RECORD.pack
+        records = []
+        for t in ticks:
+            ki = key_index.setdefault(t.symbol, len(key_index) + 1)
+            mi = mark_index.setdefault(t.partition, len(mark_index) + 1)
+            records.append(pack(ki, mi, t.price, t.ts, t.offset, t.partition))
+        keys = [self.window_key(s) for s in key_index]
+        keys += [self.marker_key(p) for p in mark_index]
+        args: list[bytes | int] = [
+            self.size,
+            self.size + self.history,
+            len(key_index),
+            b"".join(records),
+        ]
+        try:
+            reply: Any = self._script(keys=keys, args=args)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"redis: window update failed: {exc}") from exc
+        except redis.exceptions.ResponseError as exc:
+            if "tickcast:" in str(exc):
+                raise ConfigError(
+                    f"window store: {exc}; delete the {self._prefix}:win:* keys to rebuild them"
+                ) from None
+            raise
+        outcomes: bytes = reply[0]
+        blob: bytes = reply[1]
+        # One buffer for all windows; each Window holds a read-only row view, no per-price objects.
+        prices = np.frombuffer(blob, dtype="<f8").reshape(-1, self.size)
+        windows: list[Window] = []
+        rejected: list[tuple[Tick, str]] = []
+        counts = dict.fromkeys(OUTCOMES, 0)
+        row = 0
+        for tick, code in zip(ticks, outcomes, strict=True):
+            for outcome in _COUNTED[code]:
+                counts[outcome] += 1
+            replayed = _WINDOW_CODES.get(code)
+            if replayed is not None:
+                windows.append(Window(tick, prices[row], replayed))
+                row += 1
+            elif code in _REJECTED:
+                rejected.append((tick, _REJECTED[code]))
+        return WindowBatch(windows, rejected, counts)
+
+    def markers(self, partitions: Iterable[int]) -> dict[int, int | None]:
+        """The highest appended offset per partition, None where no marker exists (state lost?)."""
+        parts = list(partitions)
+        if not parts:
+            return {}
+        try:
+            values: Any = self._client.mget([self.marker_key(p) for p in parts])
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"redis: marker read failed: {exc}") from exc
+        return {p: None if v is None else int(v) for p, v in zip(parts, values, strict=True)}
