@@ -1,0 +1,311 @@
+"""Tick decoding and validation, the dead-letter headers, and the forecast codec."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream.contracts import (
+    REASONS,
+    TS_LIMIT,
+    Forecast,
+    Rejected,
+    SourceMessage,
+    Tick,
+    Window,
+    dead_letter_headers,
+    decode_batch,
+    decode_forecast,
+    encode_forecast,
+    encode_tick,
+    forecast_headers,
+)
+
+MAX = 65_536
+
+
+def decode_one(
+    value: bytes | None, key: bytes | None = None, max_bytes: int = MAX
+) -> Tick | Rejected:
+    ticks, rejected = decode_batch([SourceMessage(value, key, "ticks", 3, 42)], max_bytes)
+    assert len(ticks) + len(rejected) == 1
+    return ticks[0] if ticks else rejected[0]
+
+
+def reason(value: bytes | None, key: bytes | None = None, max_bytes: int = MAX) -> str:
+    out = decode_one(value, key, max_bytes)
+    assert isinstance(out, Rejected), f"{value!r} was accepted"
+    assert out.reason in REASONS
+    return out.reason
+
+
+def test_a_valid_tick_decodes_with_its_source_position() -> None:
+    out = decode_one(b'{"symbol": "XAUUSD", "price": 1951.45, "ts": 1714559400000}', b"XAUUSD")
+    assert out == Tick("XAUUSD", 1951.45, 1714559400000, 3, 42)
+
+
+def test_integer_price_negative_ts_and_extra_fields_are_valid() -> None:
+    out = decode_one(b'{"symbol": "EUR/USD", "price": 2, "ts": -86400000, "venue": [1, {}]}')
+    assert out == Tick("EUR/USD", 2.0, -86400000, 3, 42)
+    assert isinstance(out.price, float)
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "expected"),
+    [
+        (None, None, "empty"),
+        (b"", None, "empty"),
+        (b'{"symbol": "A", "price": 1, "ts": 1, "pad": "' + b"x" * 200 + b'"}', None, "oversize"),
+        (b'{"symbol": "\xff\xfe", "price": 1, "ts": 1}', None, "bad_utf8"),
+        (b'{"symbol": "A", "price": 1, ', None, "not_json"),
+        (b"\xef\xbb\xbf{}", None, "not_json"),
+        (b"[1, 2]", None, "not_object"),
+        (b'"XAUUSD"', None, "not_object"),
+        (b'{"price": 1, "ts": 1}', None, "missing_field"),
+        (b'{"symbol": "A", "ts": 1}', None, "missing_field"),
+        (b'{"symbol": "A", "price": 1}', None, "missing_field"),
+        (b'{"symbol": 7, "price": 1, "ts": 1}', None, "wrong_type"),
+        (b'{"symbol": "A", "price": "1.5", "ts": 1}', None, "wrong_type"),
+        (b'{"symbol": "A", "price": true, "ts": 1}', None, "wrong_type"),
+        (b'{"symbol": "A", "price": 1, "ts": false}', None, "wrong_type"),
+        (b'{"symbol": "A", "price": 1, "ts": 1.7e12}', None, "wrong_type"),
+        (b'{"symbol": "A", "price": 1, "ts": 1714559400000.0}', None, "wrong_type"),
+        (b'{"symbol": "A", "price": null, "ts": 1}', None, "wrong_type"),
+        (b'{"symbol": "A", "price": NaN, "ts": 1}', None, "not_finite"),
+        (b'{"symbol": "A", "price": Infinity, "ts": 1}', None, "not_finite"),
+        (b'{"symbol": "A", "price": -Infinity, "ts": 1}', None, "not_finite"),
+        (b'{"symbol": "A", "price": 1e400, "ts": 1}', None, "not_finite"),
+        (b'{"symbol": "A", "price": 1, "ts": 1, "other": NaN}', None, "not_finite"),
+        (b'{"symbol": "A", "price": 0, "ts": 1}', None, "non_positive_price"),
+        (b'{"symbol": "A", "price": -1.5, "ts": 1}', None, "non_positive_price"),
+        (b'{"symbol": "", "price": 1, "ts": 1}', None, "bad_symbol"),
+        (b'{"symbol": "XAU USD", "price": 1, "ts": 1}', None, "bad_symbol"),
+        (b'{"symbol": "A\\n", "price": 1, "ts": 1}', None, "bad_symbol"),
+        (b'{"symbol": "\xc3\xa9", "price": 1, "ts": 1}', None, "bad_symbol"),
+        (b'{"symbol": "' + b"A" * 33 + b'", "price": 1, "ts": 1}', None, "bad_symbol"),
+        (b'{"symbol": "A", "price": 1, "ts": 9007199254740992}', None, "bad_ts"),
+        (b'{"symbol": "A", "price": 1, "ts": -9007199254740992}', None, "bad_ts"),
+        (b'{"symbol": "A", "price": 1, "ts": 99999999999999999999999}', None, "bad_ts"),
+        (b'{"symbol": "A", "price": 1, "ts": 1}', b"B", "key_mismatch"),
+        (b'{"symbol": "A", "price": 1, "ts": 1}', b"", "key_mismatch"),
+    ],
+)
+def test_every_rejection_reason(value: bytes | None, key: bytes | None, expected: str) -> None:
+    assert reason(value, key, max_bytes=128) == expected
+
+
+def test_size_limit_is_checked_before_parsing_and_is_inclusive() -> None:
+    body = b'{"symbol": "A", "price": 1, "ts": 1}'
+    assert isinstance(decode_one(body, max_bytes=len(body)), Tick)
+    assert reason(body, max_bytes=len(body) - 1) == "oversize"
+    assert reason(b"\xff" * 200, max_bytes=100) == "oversize"  # not bad_utf8: never parsed
+
+
+def test_ts_limits_are_inclusive_and_32_char_symbols_pass() -> None:
+    sym = "A" * 32
+    for ts in (TS_LIMIT, -TS_LIMIT):
+        out = decode_one(encode_tick(sym, 1.0, ts))
+        assert isinstance(out, Tick) and out.ts == ts
+
+
+def test_rejection_keeps_the_original_message_and_quotes_little_of_it() -> None:
+    value = b'{"symbol": "' + b"Z" * 5000 + b'", "price": 1, "ts": 1}'
+    [bad] = decode_batch([SourceMessage(value, b"k", "ticks", 2, 9)], MAX)[1]
+    assert (bad.value, bad.key, bad.topic, bad.partition, bad.offset) == (
+        value,
+        b"k",
+        "ticks",
+        2,
+        9,
+    )
+    assert bad.reason == "bad_symbol"
+    assert "symbol" in bad.detail
+    assert len(bad.detail.encode()) < 160
+
+
+def test_dead_letter_headers() -> None:
+    r = Rejected("not_json", "unexpected end", b"{", None, "ticks", 4, 1234)
+    assert dead_letter_headers(r) == [
+        ("error", b"not_json"),
+        ("error.detail", b"unexpected end"),
+        ("source.topic", b"ticks"),
+        ("source.partition", b"4"),
+        ("source.offset", b"1234"),
+    ]
+
+
+def test_a_batch_keeps_input_order_and_splits_good_from_bad() -> None:
+    msgs = [
+        SourceMessage(encode_tick("A", 1.0, 1), offset_=0),
+        SourceMessage(b"nope", offset_=1),
+        SourceMessage(encode_tick("B", 2.0, 2), offset_=2),
+        SourceMessage(None, offset_=3),
+    ]
+    ticks, rejected = decode_batch(msgs, MAX)
+    assert [(t.symbol, t.offset) for t in ticks] == [("A", 0), ("B", 2)]
+    assert [(r.reason, r.offset) for r in rejected] == [("not_json", 1), ("empty", 3)]
+
+
+symbols = st.from_regex(r"[A-Za-z0-9._:/-]{1,32}", fullmatch=True)
+prices = st.floats(min_value=5e-324, allow_nan=False, allow_infinity=False)
+timestamps = st.integers(min_value=-TS_LIMIT, max_value=TS_LIMIT)
+
+
+@given(symbol=symbols, price=prices, ts=timestamps, keyed=st.booleans())
+def test_valid_ticks_round_trip(symbol: str, price: float, ts: int, keyed: bool) -> None:
+    key = symbol.encode() if keyed else None
+    out = decode_one(encode_tick(symbol, price, ts), key)
+    assert isinstance(out, Tick)
+    assert (out.symbol, out.ts) == (symbol, ts)
+    assert out.price == price and math.copysign(1, out.price) == 1
+
+
+@given(
+    values=st.lists(st.one_of(st.none(), st.binary(max_size=300)), max_size=20),
+    key=st.one_of(st.none(), st.binary(max_size=40)),
+)
+def test_arbitrary_bytes_never_raise(values: list[bytes | None], key: bytes | None) -> None:
+    msgs = [SourceMessage(v, key, "ticks", 0, i) for i, v in enumerate(values)]
+    ticks, rejected = decode_batch(msgs, 256)
+    assert len(ticks) + len(rejected) == len(values)
+    assert all(r.reason in REASONS for r in rejected)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(
+    obj=st.dictionaries(st.sampled_from(["symbol", "price", "ts", "x"]), json_values, max_size=4),
+    key=st.one_of(st.none(), st.binary(max_size=10)),
+)
+def test_arbitrary_json_objects_never_raise(obj: dict[str, object], key: bytes | None) -> None:
+    # The stdlib encoder writes NaN/Infinity tokens, which must come out as not_finite.
+    import json
+
+    value = json.dumps(obj).encode()
+    ticks, rejected = decode_batch([SourceMessage(value, key)], MAX)
+    assert len(ticks) + len(rejected) == 1
+    if rejected:
+        assert rejected[0].reason in REASONS
+        assert rejected[0].reason != "not_json"
+
+
+def make_forecast(**changes: object) -> Forecast:
+    base: dict[str, object] = {
+        "symbol": "XAUUSD",
+        "ts": 1714559400000,
+        "horizon": 1,
+        "price": 1952.1,
+        "lower": 1949.0,
+        "upper": 1955.25,
+        "interval": 0.8,
+        "last_price": 1951.45,
+        "model_version": "a1b2c3",
+        "window_hash": "0" * 32,
+        "cached": False,
+        "source_topic": "ticks",
+        "source_partition": 2,
+        "source_offset": 77,
+        "produced_at": 1714559400123,
+    }
+    base.update(changes)
+    return Forecast(**base)  # type: ignore[arg-type]
+
+
+def test_forecast_wire_format_matches_the_design() -> None:
+    f = make_forecast()
+    obj = orjson.loads(encode_forecast(f))
+    assert obj == {
+        "symbol": "XAUUSD",
+        "ts": 1714559400000,
+        "horizon": 1,
+        "price": 1952.1,
+        "lower": 1949.0,
+        "upper": 1955.25,
+        "interval": 0.8,
+        "last_price": 1951.45,
+        "model_version": "a1b2c3",
+        "window_hash": "0" * 32,
+        "cached": False,
+        "source": {"topic": "ticks", "partition": 2, "offset": 77},
+        "produced_at": 1714559400123,
+    }
+    assert forecast_headers(f) == [("model-version", b"a1b2c3"), ("source-offset", b"77")]
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@given(
+    price=finite,
+    lower=finite,
+    upper=finite,
+    ts=timestamps,
+    offset=st.integers(min_value=0, max_value=2**62),
+    cached=st.booleans(),
+    symbol=symbols,
+)
+def test_forecast_round_trip(
+    price: float, lower: float, upper: float, ts: int, offset: int, cached: bool, symbol: str
+) -> None:
+    f = make_forecast(
+        price=price,
+        lower=lower,
+        upper=upper,
+        ts=ts,
+        source_offset=offset,
+        cached=cached,
+        symbol=symbol,
+    )
+    assert decode_forecast(encode_forecast(f)) == f
+
+
+@given(price=finite, produced=st.integers(min_value=0, max_value=2**53), cached=st.booleans())
+def test_same_window_encodes_byte_identically_apart_from_cached_and_produced_at(
+    price: float, produced: int, cached: bool
+) -> None:
+    first = make_forecast(price=price)
+    again = make_forecast(price=price, cached=cached, produced_at=produced)
+    normal = make_forecast(price=price, cached=first.cached, produced_at=first.produced_at)
+    assert encode_forecast(normal) == encode_forecast(first)
+
+    def strip(b: bytes) -> dict[str, object]:
+        return {k: v for k, v in orjson.loads(b).items() if k not in ("cached", "produced_at")}
+
+    assert strip(encode_forecast(again)) == strip(encode_forecast(first))
+    # and the bytes differ only inside those two fields
+    assert (
+        encode_forecast(again).split(b',"cached"')[0]
+        == encode_forecast(first).split(b',"cached"')[0]
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[]",
+        b'{"symbol": "A"}',
+        orjson.dumps({**orjson.loads(encode_forecast(make_forecast())), "ts": True}),
+    ],
+)
+def test_decode_forecast_rejects_malformed(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_forecast(data)
+
+
+def test_window_holds_a_read_only_view() -> None:
+    prices = np.frombuffer(np.arange(1.0, 6.0).tobytes(), dtype=np.float64)
+    w = Window(Tick("A", 5.0, 1, 0, 0), prices, replayed=False)
+    assert w.prices[-1] == w.tick.price
+    assert not w.prices.flags.writeable
