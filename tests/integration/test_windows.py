@@ -1,0 +1,288 @@
+"""The window store against a real Redis, as small timelines.
+
+Most timelines use W=5 so the windows fit on a line; prices are 100 + offset and event times are
+1000 + 10 * offset unless a test says otherwise, so a window is easy to read off.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from stream.contracts import Tick
+from stream.errors import ConfigError, StoreUnavailable
+from stream.windows import WindowBatch, WindowStore
+
+pytestmark = pytest.mark.integration
+
+
+def tick(offset: int, ts: int | None = None, symbol: str = "A", partition: int = 0) -> Tick:
+    return Tick(symbol, 100.0 + offset, 1000 + 10 * offset if ts is None else ts, partition, offset)
+
+
+def run(offsets: range | list[int], symbol: str = "A") -> list[Tick]:
+    return [tick(o, symbol=symbol) for o in offsets]
+
+
+def windows_of(batch: WindowBatch) -> list[list[float]]:
+    return [w.prices.tolist() for w in batch.windows]
+
+
+def prices(first: int, last: int) -> list[float]:
+    """The window of the ticks at offsets first..last (inclusive)."""
+    return [100.0 + o for o in range(first, last + 1)]
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, key_prefix: str) -> WindowStore:
+    return WindowStore(redis_client, key_prefix, size=5, history=4, source_topic="ticks")
+
+
+def raw_state(client: redis.Redis, store: WindowStore, symbol: str = "A") -> bytes | None:
+    value = client.get(store.window_key(symbol))
+    assert value is None or isinstance(value, bytes)
+    return value
+
+
+def test_no_window_until_w_prices(store: WindowStore) -> None:
+    b = store.append_batch(run(range(4)))
+    assert b.windows == []
+    assert b.counts["processed"] == 4 and b.counts["warming"] == 4
+
+    b = store.append_batch([tick(4)])
+    assert windows_of(b) == [prices(0, 4)]
+    assert b.counts["processed"] == 1 and b.counts["warming"] == 0
+    assert b.windows[0].replayed is False
+
+
+def test_steady_state_each_tick_gives_the_last_w_prices(store: WindowStore) -> None:
+    got: list[list[float]] = []
+    for chunk in (range(0, 1), range(1, 4), range(4, 12), range(12, 13)):
+        got += windows_of(store.append_batch(run(chunk)))
+    assert got == [prices(o - 4, o) for o in range(4, 13)]
+
+
+def test_window_ends_with_the_tick_and_is_read_only(store: WindowStore) -> None:
+    b = store.append_batch(run(range(7)))
+    for w in b.windows:
+        assert w.prices[-1] == w.tick.price
+        assert w.prices.dtype == np.float64 and w.prices.shape == (5,)
+        assert not w.prices.flags.writeable
+
+
+def test_redelivered_tick_gets_its_original_window_and_changes_nothing(
+    store: WindowStore, redis_client: redis.Redis
+) -> None:
+    store.append_batch(run(range(10)))
+    before = raw_state(redis_client, store)
+
+    b = store.append_batch([tick(7)])
+    assert windows_of(b) == [prices(3, 7)]
+    assert b.windows[0].replayed is True
+    assert b.counts == {**b.counts, "replayed": 1, "processed": 0}
+    assert raw_state(redis_client, store) == before
+
+    assert windows_of(store.append_batch([tick(10)])) == [prices(6, 10)]
+
+
+def test_redelivered_batch_gets_the_same_windows(
+    store: WindowStore, redis_client: redis.Redis
+) -> None:
+    store.append_batch(run(range(3)))
+    batch = run(range(3, 8))
+    first = store.append_batch(batch)
+    state = raw_state(redis_client, store)
+    marks = store.markers([0])
+
+    again = store.append_batch(batch)
+    assert windows_of(again) == windows_of(first) == [prices(o - 4, o) for o in range(4, 8)]
+    assert all(w.replayed for w in again.windows)
+    assert [w.tick for w in again.windows] == [w.tick for w in first.windows]
+    assert again.counts["replayed"] == 5 and again.counts["processed"] == 0
+    assert raw_state(redis_client, store) == state
+    assert store.markers([0]) == marks == {0: 7}
+
+
+def test_redelivery_inside_one_batch(store: WindowStore) -> None:
+    b = store.append_batch([*run(range(7)), tick(5), tick(7)])
+    assert windows_of(b) == [*(prices(o - 4, o) for o in range(4, 7)), prices(1, 5), prices(3, 7)]
+    assert [w.replayed for w in b.windows] == [False, False, False, True, False]
+    assert b.counts["processed"] == 8 and b.counts["replayed"] == 1
+
+
+def test_late_and_duplicate_are_rejected_and_not_appended(store: WindowStore) -> None:
+    store.append_batch(run(range(5)))  # last ts 1040
+    late, dup = tick(5, ts=1039), tick(6, ts=1040)
+    b = store.append_batch([late, dup, tick(7)])
+    assert b.rejected == [(late, "late"), (dup, "duplicate")]
+    assert b.counts["late"] == 1 and b.counts["duplicate"] == 1 and b.counts["processed"] == 1
+    assert windows_of(b) == [[101.0, 102.0, 103.0, 104.0, 107.0]]
+
+
+def test_redelivered_rejects_get_the_same_verdict(
+    store: WindowStore, redis_client: redis.Redis
+) -> None:
+    late, dup = tick(5, ts=1039), tick(6, ts=1040)
+    first = store.append_batch([*run(range(5)), late, dup, tick(7)])
+    state = raw_state(redis_client, store)
+
+    again = store.append_batch([late, dup, tick(7)])
+    assert again.rejected == first.rejected == [(late, "late"), (dup, "duplicate")]
+    assert windows_of(again) == [[101.0, 102.0, 103.0, 104.0, 107.0]]
+    assert raw_state(redis_client, store) == state
+
+
+def test_a_rejected_last_message_is_judged_the_same_when_redelivered(store: WindowStore) -> None:
+    store.append_batch(run(range(5)))
+    late = tick(5, ts=1000)
+    assert store.append_batch([late]).rejected == [(late, "late")]
+    assert store.append_batch([late]).rejected == [(late, "late")]
+
+
+def test_history_exhausted_is_too_old_never_a_wrong_window(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    store = WindowStore(redis_client, key_prefix, size=5, history=2, source_topic="ticks")
+    store.append_batch(run(range(20)))
+    # the ring holds 7 entries (13..19): only 17, 18 and 19 still have all 5 prices of their window
+    b = store.append_batch([tick(10), tick(16), tick(17), tick(19)])
+    assert windows_of(b) == [prices(13, 17), prices(15, 19)]
+    assert b.counts["too_old"] == 2 and b.counts["replayed"] == 2
+    assert b.rejected == []
+
+
+def test_history_zero_still_replays_the_last_tick(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    store = WindowStore(redis_client, key_prefix, size=5, history=0, source_topic="ticks")
+    store.append_batch(run(range(8)))
+    b = store.append_batch([tick(6), tick(7)])
+    assert windows_of(b) == [prices(3, 7)]
+    assert b.counts["too_old"] == 1
+
+
+def test_redelivered_warming_tick_yields_no_window(store: WindowStore) -> None:
+    store.append_batch(run(range(6)))
+    b = store.append_batch([tick(2), tick(5)])
+    assert windows_of(b) == [prices(1, 5)]
+    assert b.counts["replayed"] == 2 and b.counts["processed"] == 0
+
+
+def test_two_symbols_interleaved_in_one_partition(store: WindowStore) -> None:
+    ticks = [Tick("A" if o % 2 == 0 else "B", 100.0 + o, 1000 + o, 0, o) for o in range(20)]
+    first = store.append_batch(ticks)
+    a = [w for w in first.windows if w.tick.symbol == "A"]
+    b = [w for w in first.windows if w.tick.symbol == "B"]
+    assert [w.prices.tolist() for w in a] == [
+        [100.0 + o for o in range(end - 8, end + 1, 2)] for end in (8, 10, 12, 14, 16, 18)
+    ]
+    assert [w.prices.tolist() for w in b] == [
+        [100.0 + o for o in range(end - 8, end + 1, 2)] for end in (9, 11, 13, 15, 17, 19)
+    ]
+    assert [w.tick.offset for w in first.windows] == list(range(8, 20))
+
+    again = store.append_batch(ticks[10:])
+    assert windows_of(again) == [w.prices.tolist() for w in first.windows[2:]]
+    assert again.counts["replayed"] == 10
+
+
+def test_a_new_partition_continues_the_window_as_a_new_lineage(store: WindowStore) -> None:
+    store.append_batch(run(range(6)))  # partition 0, offsets 0..5, ts up to 1050
+    moved = [Tick("A", 200.0 + o, 2000 + o, 1, o) for o in range(3)]
+    b = store.append_batch(moved)
+    assert windows_of(b)[-1] == [104.0, 105.0, 200.0, 201.0, 202.0]
+    assert store.markers([0, 1]) == {0: 5, 1: 2}
+
+    again = store.append_batch([moved[1]])
+    assert windows_of(again) == [[103.0, 104.0, 105.0, 200.0, 201.0]]
+    assert again.counts["replayed"] == 1
+
+    stale = Tick("A", 1.0, 1060, 0, 6)  # the old partition again, but older than the last tick
+    assert store.append_batch([stale]).rejected == [(stale, "late")]
+
+
+def test_markers_hold_the_highest_appended_offset(store: WindowStore) -> None:
+    assert store.markers([0, 1]) == {0: None, 1: None}
+    store.append_batch([*run(range(3)), tick(3, ts=0), Tick("B", 1.0, 5, 1, 40)])
+    assert store.markers([0, 1, 2]) == {0: 2, 1: 40, 2: None}
+    store.append_batch(run(range(2)))  # a redelivery never lowers it
+    assert store.markers([0]) == {0: 2}
+    assert store.markers([]) == {}
+
+
+def test_one_script_call_per_batch(
+    store: WindowStore, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.append_batch([tick(0)])  # the script is loaded now
+    # 100 symbols, each always in the same one of 3 partitions, 10 ticks each
+    ticks = [Tick(f"S{i % 100}", 1.0 + i, 1000 + i, (i % 100) % 3, i) for i in range(1000)]
+    sent: list[str] = []
+    execute = redis_client.execute_command
+
+    def counting(*args: object, **options: object) -> object:
+        sent.append(str(args[0]))
+        return execute(*args, **options)
+
+    monkeypatch.setattr(redis_client, "execute_command", counting)
+    b = store.append_batch(ticks)
+    assert sent == ["EVALSHA"]
+    assert (
+        sum(b.counts[k] for k in ("processed", "late", "duplicate", "replayed", "too_old")) == 1000
+    )
+    assert b.counts["processed"] == 1000 and b.counts["warming"] == 400
+    assert len(b.windows) == 600
+    assert store.markers([0, 1, 2]) == {0: 999, 1: 997, 2: 998}
+
+
+def test_a_batch_that_cannot_apply_changes_nothing(
+    store: WindowStore, redis_client: redis.Redis
+) -> None:
+    redis_client.set(store.window_key("B"), b"not a window")
+    with pytest.raises(ConfigError, match="not a window"):
+        store.append_batch([*run(range(6)), tick(6, symbol="B")])
+    assert raw_state(redis_client, store) is None
+    assert store.markers([0]) == {0: None}
+
+
+def test_a_smaller_stored_capacity_than_the_window_is_a_config_error(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    small = WindowStore(redis_client, key_prefix, size=3, history=0, source_topic="ticks")
+    small.append_batch(run(range(4)))
+    big = WindowStore(redis_client, key_prefix, size=5, history=0, source_topic="ticks")
+    with pytest.raises(ConfigError, match="fewer than the window size"):
+        big.append_batch([tick(4)])
+
+
+def test_w60_windows_are_bit_exact(redis_client: redis.Redis, key_prefix: str) -> None:
+    store = WindowStore(redis_client, key_prefix, size=60, history=100, source_topic="ticks")
+    rng = random.Random(7)
+    ticks = [
+        Tick("XAUUSD", rng.uniform(1e-3, 1e4), 1_700_000_000_000 + o, 0, o) for o in range(250)
+    ]
+    got = []
+    for start in range(0, 250, 37):
+        got += store.append_batch(ticks[start : start + 37]).windows
+    expected = np.array([t.price for t in ticks])
+    assert len(got) == 250 - 59
+    for w in got:
+        o = w.tick.offset
+        assert w.prices.tobytes() == expected[o - 59 : o + 1].tobytes()
+
+    replay = store.append_batch(ticks[150:])
+    assert [w.prices.tobytes() for w in replay.windows] == [w.prices.tobytes() for w in got[91:]]
+
+
+def test_redis_down_is_store_unavailable(key_prefix: str) -> None:
+    dead = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    store = WindowStore(dead, key_prefix, size=5, history=1, source_topic="ticks")
+    with pytest.raises(StoreUnavailable):
+        store.append_batch([tick(0)])
+    with pytest.raises(StoreUnavailable):
+        store.markers([0])
+    dead.close()
