@@ -40,8 +40,11 @@ class KafkaSettings(_Section):
     sasl_mechanism: str = ""
     sasl_username: str = ""
     sasl_password: SecretStr = SecretStr("")
-    #: A prefix; each consumer instance appends its own id (exactly-once only).
+    #: exactly-once: transactional.id = <prefix>-<group_id>-<instance_id>. Keep instance_id stable
+    #: across restarts of one instance (so a restart fences and aborts its predecessor's open
+    #: transaction at once) and distinct between instances. Empty: the host name.
     transactional_id_prefix: str = "tickcast"
+    instance_id: str = ""
 
     def librdkafka_common(self) -> dict[str, Any]:
         """The client keys every Kafka client of tickcast shares."""

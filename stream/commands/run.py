@@ -1,0 +1,36 @@
+"""`tickcast run`: the consumer service, until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from stream import config
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "Settings come from --config (default ./config.toml) and TICKCAST_<SECTION>__<KEY>."
+
+
+def run(args: argparse.Namespace) -> int:
+    from stream.service import build
+
+    settings = config.load(args.config)
+    service = build(settings)
+    runner = service.runner
+    runner.install_signal_handlers()
+    log.info(
+        "ready model=%s ticks=%s forecasts=%s metrics=http://%s:%d/metrics",
+        runner.metrics.model_info.collect()[0].samples[0].labels["version"],
+        settings.topics.ticks,
+        settings.topics.forecasts,
+        settings.metrics.host,
+        settings.metrics.port,
+    )
+    try:
+        runner.run()
+    finally:
+        service.close()
+    return 0

@@ -1,0 +1,159 @@
+"""All of tickcast's Prometheus metrics in one object, and the HTTP endpoints that serve them.
+
+The registry is injected, so tests build a fresh one; the service uses its own (not the global
+default), so nothing else in the process leaks into /metrics.
+
+    /metrics   Prometheus text format
+    /healthz   200 while the process loop is alive
+    /readyz    200 when the model is loaded, Redis answers and partitions are assigned; else 503
+               with the reasons
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+PREFIX = "tickcast"
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(f"{PREFIX}_{name}", doc, labels, registry=registry)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(f"{PREFIX}_{name}", doc, labels, registry=registry)
+
+        def hist(
+            name: str, doc: str, labels: tuple[str, ...] = (), buckets: tuple[float, ...] = _FAST
+        ) -> Histogram:
+            return Histogram(f"{PREFIX}_{name}", doc, labels, registry=registry, buckets=buckets)
+
+        self.consumer_lag = gauge(
+            "consumer_lag", "High watermark minus committed offset", ("topic", "partition")
+        )
+        self.ticks = counter("ticks", "Ticks by outcome", ("outcome",))
+        self.forecasts = counter("forecasts", "Forecasts published", ("cached",))
+        self.forecasts_dropped = counter(
+            "forecasts_dropped", "Forecasts not published", ("reason",)
+        )
+        self.cache_requests = counter("cache_requests", "Result cache lookups", ("result",))
+        self.dead_letters = counter(
+            "dead_letters", "Messages sent to the dead-letter topic", ("reason",)
+        )
+        self.inference_batch_size = hist(
+            "inference_batch_size", "Windows per model call", buckets=_SIZES
+        )
+        self.inference_seconds = hist("inference_seconds", "Model call duration")
+        self.batch_seconds = hist("batch_seconds", "Batch time by stage", ("stage",))
+        self.tick_to_forecast_seconds = hist(
+            "tick_to_forecast_seconds", "Tick produce time to forecast delivery"
+        )
+        self.rebalances = counter("rebalances", "Partition assignment changes", ("kind",))
+        self.assigned_partitions = gauge(
+            "assigned_partitions", "Partitions assigned to this consumer"
+        )
+        self.model_info = gauge("model_info", "The served model version (value 1)", ("version",))
+        self.model_reloads = counter("model_reloads", "Model artifacts loaded after start")
+        self.redis_errors = counter("redis_errors", "Redis calls that failed")
+        self.kafka_errors = counter("kafka_errors", "Kafka client errors", ("code",))
+        self.batches = counter("batches", "Batches committed")
+
+        # Pre-create the label sets operators alert on, so a quiet series reads 0, not absent.
+        for outcome in (
+            "processed",
+            "invalid",
+            "late",
+            "duplicate",
+            "replayed",
+            "too_old",
+            "warming",
+        ):
+            self.ticks.labels(outcome=outcome)
+        for cached in ("true", "false"):
+            self.forecasts.labels(cached=cached)
+        for result in ("hit", "miss"):
+            self.cache_requests.labels(result=result)
+
+    def set_model(self, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version=version).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+@dataclass
+class Health:
+    """What /readyz reports; the runner flips these, the HTTP thread only reads them."""
+
+    model_loaded: bool = False
+    redis_ok: bool = False
+    assigned: int = 0
+    stopping: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def not_ready_reasons(self) -> list[str]:
+        reasons = []
+        if not self.model_loaded:
+            reasons.append("model not loaded")
+        if not self.redis_ok:
+            reasons.append("redis unreachable")
+        if self.assigned == 0:
+            reasons.append("no partitions assigned")
+        if self.stopping:
+            reasons.append("shutting down")
+        return reasons
+
+
+def serve(metrics: Metrics, health: Health, host: str, port: int) -> ThreadingHTTPServer:
+    """Start the endpoints on a daemon thread; returns the server (call shutdown() to stop)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._send(200, b"ok\n", "text/plain")
+            elif path == "/readyz":
+                reasons = health.not_ready_reasons()
+                body = (
+                    "ready\n" if not reasons else "not ready: " + ", ".join(reasons) + "\n"
+                ).encode()
+                self._send(503 if reasons else 200, body, "text/plain")
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return  # scrapes every few seconds would drown the service log
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return server

@@ -1,0 +1,346 @@
+"""The consume-process-produce-commit loop.
+
+One batch at a time, on the main thread:
+
+    consume(max_batch) -> pipeline.process (Redis + model) -> produce forecasts and dead letters
+    -> flush -> raise latched delivery errors -> commit offsets (or commit the transaction)
+
+Because a batch is committed before `consume` is called again, and librdkafka runs rebalance
+callbacks only inside `consume`, a revoke never finds uncommitted delivered work: it has nothing to
+finish. Failure paths:
+
+- Redis unreachable: the batch is retried with capped exponential backoff. `consume` is not called
+  meanwhile, so fetching stops (in effect the partitions are paused); /readyz says not ready.
+  Nothing is committed until the batch succeeds. A stop request abandons the batch uncommitted.
+- Delivery or transaction failure: the transaction is aborted (exactly-once) and the consumer is
+  rewound to the batch's first offsets, so the batch is processed again; the window store and the
+  cache make the repeat identical.
+- Signals only set a flag; the loop finishes the batch in hand, commits, closes and returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from stream.contracts import Forecast, Rejected, dead_letter_headers, encode_forecast, forecast_headers
+from stream.errors import DeliveryError, StoreUnavailable
+from stream.kafka import DeliveryLatch, committed_lag
+from stream.metrics import Health, Metrics
+
+log = logging.getLogger(__name__)
+
+
+class BatchResultLike(Protocol):
+    forecasts: list[Forecast]
+    dead_letters: list[Rejected]
+    counts: dict[str, int]
+    cache_hits: int
+    cache_misses: int
+    non_finite: int
+    stage_seconds: dict[str, float]
+    inference_batch_size: int
+
+
+class PipelineLike(Protocol):
+    def process(self, messages: Sequence[Message], max_message_bytes: int) -> BatchResultLike: ...
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    forecasts_topic: str
+    dead_letter_topic: str
+    max_batch: int
+    poll_timeout_s: float
+    max_message_bytes: int
+    exactly_once: bool
+    redis_retry_max_s: float = 5.0
+    delivery_timeout_s: float = 30.0
+
+
+class Runner:
+    def __init__(
+        self,
+        config: RunnerConfig,
+        consumer: Consumer,
+        producer: Producer,
+        pipeline: PipelineLike,
+        metrics: Metrics,
+        health: Health,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.consumer = consumer
+        self.producer = producer
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.health = health
+        self.wall_clock = wall_clock
+        self.latch = DeliveryLatch()
+        self.stopping = False
+        self.assignment: list[TopicPartition] = []
+        #: next offset to read per (topic, partition), as committed to the group
+        self.committed: dict[tuple[str, int], int] = {}
+        self._last_lag_update = 0.0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum: int, frame: FrameType | None) -> None:
+            log.info("signal=%s stopping after the current batch", signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.health.stopping = True
+
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels(kind="assign").inc()
+        try:
+            for tp in consumer.committed(partitions, timeout=10):
+                if tp.offset >= 0:
+                    self.committed[(tp.topic, tp.partition)] = tp.offset
+        except KafkaException as exc:
+            log.warning("could not read committed offsets on assign: %s", exc)
+        self.assignment = list(partitions)
+        self.health.assigned = len(self.assignment)
+        self.metrics.assigned_partitions.set(len(self.assignment))
+        log.info("assigned partitions=%s", _names(partitions))
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Every batch is committed before consume() runs again, and this callback runs inside
+        # consume(): there is no finished-but-uncommitted work to flush here.
+        self.metrics.rebalances.labels(kind="revoke").inc()
+        self._forget(partitions)
+        log.info("revoked partitions=%s", _names(partitions))
+
+    def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels(kind="lost").inc()
+        self._forget(partitions)
+        log.warning("lost partitions=%s (not committed; the new owner redoes them)", _names(partitions))
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self.assignment = [tp for tp in self.assignment if (tp.topic, tp.partition) not in gone]
+        for topic, part in gone:
+            self.committed.pop((topic, part), None)
+            try:
+                self.metrics.consumer_lag.remove(topic, str(part))
+            except KeyError:
+                pass
+        self.health.assigned = len(self.assignment)
+        self.metrics.assigned_partitions.set(len(self.assignment))
+
+    def run(self) -> None:
+        """Consume until stop(); then deliver, commit and close."""
+        log.info(
+            "running guarantee=%s max_batch=%d",
+            "exactly-once" if self.config.exactly_once else "at-least-once",
+            self.config.max_batch,
+        )
+        try:
+            while not self.stopping:
+                messages = self.consumer.consume(
+                    num_messages=self.config.max_batch, timeout=self.config.poll_timeout_s
+                )
+                if messages:
+                    self.handle_batch(messages)
+                self._update_lag()
+        finally:
+            self.producer.flush(self.config.delivery_timeout_s)
+            self.consumer.close()
+            log.info("stopped: consumer closed, all delivered batches committed")
+
+    # ------------------------------------------------------------ one batch
+
+    def handle_batch(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        good = self._drop_errors(messages)
+        if not good:
+            return
+        result = self._process_with_retry(good)
+        if result is None:
+            return  # abandoned during a stop; the offsets stay uncommitted
+        offsets = _next_offsets(good)
+        try:
+            self._publish_and_commit(result, offsets)
+        except (DeliveryError, KafkaException) as exc:
+            self._recover(exc, good)
+            return
+        self._record(result, good, started)
+
+    def _drop_errors(self, messages: list[Message]) -> list[Message]:
+        good = []
+        for m in messages:
+            err = m.error()
+            if err is None:
+                good.append(m)
+                continue
+            if err.code() == KafkaError._PARTITION_EOF:
+                continue
+            self.metrics.kafka_errors.labels(code=err.name()).inc()
+            log.warning("consume error=%s detail=%s", err.name(), err.str())
+            if err.fatal():
+                raise KafkaException(err)
+        return good
+
+    def _process_with_retry(self, messages: list[Message]) -> BatchResultLike | None:
+        delay = 0.05
+        while True:
+            try:
+                result = self.pipeline.process(messages, self.config.max_message_bytes)
+            except StoreUnavailable as exc:
+                self.metrics.redis_errors.inc()
+                self.health.redis_ok = False
+                if self.stopping:
+                    log.warning("redis unavailable while stopping; batch left uncommitted")
+                    return None
+                log.warning("redis unavailable, retrying in %.2fs: %s", delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, self.config.redis_retry_max_s)
+                continue
+            if not self.health.redis_ok:
+                log.info("redis reachable again; resuming")
+            self.health.redis_ok = True
+            return result
+
+    def _publish_and_commit(
+        self, result: BatchResultLike, offsets: list[TopicPartition]
+    ) -> None:
+        produce_started = time.perf_counter()
+        if self.config.exactly_once:
+            self.producer.begin_transaction()
+        for f in result.forecasts:
+            self._produce(
+                self.config.forecasts_topic, f.symbol.encode(), encode_forecast(f), forecast_headers(f)
+            )
+        for r in result.dead_letters:
+            self._produce(self.config.dead_letter_topic, r.key, r.value, dead_letter_headers(r))
+        commit_started = time.perf_counter()
+        if self.config.exactly_once:
+            self.producer.send_offsets_to_transaction(
+                offsets, self.consumer.consumer_group_metadata(), self.config.delivery_timeout_s
+            )
+            self.producer.commit_transaction(self.config.delivery_timeout_s)
+            self.latch.raise_if_failed()
+        else:
+            remaining = self.producer.flush(self.config.delivery_timeout_s)
+            self.latch.raise_if_failed()
+            if remaining:
+                raise DeliveryError(f"{remaining} messages not delivered within the timeout")
+            commit_started = time.perf_counter()
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        done = time.perf_counter()
+        for tp in offsets:
+            self.committed[(tp.topic, tp.partition)] = tp.offset
+        self.metrics.batch_seconds.labels(stage="produce").observe(commit_started - produce_started)
+        self.metrics.batch_seconds.labels(stage="commit").observe(done - commit_started)
+
+    def _produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        while True:
+            try:
+                self.producer.produce(
+                    topic, value=value, key=key, headers=headers, on_delivery=self.latch.on_delivery
+                )
+                self.latch.sent()
+                return
+            except BufferError:
+                # The local queue is full: serve delivery reports until there is room.
+                self.producer.poll(0.05)
+
+    def _recover(self, exc: Exception, messages: list[Message]) -> None:
+        """Undo a failed publish: abort the transaction and rewind to the batch's first offsets."""
+        self.metrics.kafka_errors.labels(code=type(exc).__name__).inc()
+        if isinstance(exc, KafkaException) and exc.args and exc.args[0].fatal():
+            raise exc
+        log.warning("publish failed, rewinding the batch: %s", exc)
+        if self.config.exactly_once:
+            try:
+                self.producer.abort_transaction(self.config.delivery_timeout_s)
+            except KafkaException as abort_exc:
+                if abort_exc.args and abort_exc.args[0].fatal():
+                    raise
+        self.latch.reset()
+        for tp in _first_offsets(messages):
+            try:
+                self.consumer.seek(tp)
+            except KafkaException as seek_exc:
+                log.warning("seek %s failed: %s", tp, seek_exc)
+        time.sleep(0.5)
+
+    def _record(self, result: BatchResultLike, messages: list[Message], started: float) -> None:
+        m = self.metrics
+        for outcome, n in result.counts.items():
+            if n:
+                m.ticks.labels(outcome=outcome).inc(n)
+        cached = sum(1 for f in result.forecasts if f.cached)
+        if cached:
+            m.forecasts.labels(cached="true").inc(cached)
+        if len(result.forecasts) - cached:
+            m.forecasts.labels(cached="false").inc(len(result.forecasts) - cached)
+        if result.cache_hits:
+            m.cache_requests.labels(result="hit").inc(result.cache_hits)
+        if result.cache_misses:
+            m.cache_requests.labels(result="miss").inc(result.cache_misses)
+        for r in result.dead_letters:
+            m.dead_letters.labels(reason=r.reason).inc()
+        if result.non_finite:
+            m.forecasts_dropped.labels(reason="non_finite").inc(result.non_finite)
+        if result.inference_batch_size:
+            m.inference_batch_size.observe(result.inference_batch_size)
+            m.inference_seconds.observe(result.stage_seconds.get("inference", 0.0))
+        for stage, seconds in result.stage_seconds.items():
+            m.batch_seconds.labels(stage=stage).observe(seconds)
+        m.batch_seconds.labels(stage="total").observe(time.perf_counter() - started)
+        m.batches.inc()
+        if result.forecasts:
+            # Ingest-to-publish, from the tick's Kafka timestamp to now (all delivered).
+            now_ms = self.wall_clock() * 1000.0
+            stamps = {(msg.partition(), msg.offset()): msg.timestamp()[1] for msg in messages}
+            for f in result.forecasts:
+                ts = stamps.get((f.source_partition, f.source_offset))
+                if ts is not None and ts > 0:
+                    m.tick_to_forecast_seconds.observe(max(now_ms - ts, 0.0) / 1000.0)
+        self._update_lag(force=True)
+
+    def _update_lag(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.assignment or (not force and now - self._last_lag_update < 1.0):
+            return
+        self._last_lag_update = now
+        for (topic, part), lag in committed_lag(self.consumer, self.assignment, self.committed).items():
+            self.metrics.consumer_lag.labels(topic=topic, partition=str(part)).set(lag)
+
+
+def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
+    top: dict[tuple[str, int], int] = {}
+    for m in messages:
+        key = (m.topic(), m.partition())
+        top[key] = max(top.get(key, -1), m.offset())
+    return [TopicPartition(t, p, o + 1) for (t, p), o in top.items()]
+
+
+def _first_offsets(messages: list[Message]) -> list[TopicPartition]:
+    first: dict[tuple[str, int], int] = {}
+    for m in messages:
+        key = (m.topic(), m.partition())
+        if key not in first:
+            first[key] = m.offset()
+    return [TopicPartition(t, p, o) for (t, p), o in first.items()]
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ",".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "-"
