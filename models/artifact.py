@@ -1,0 +1,127 @@
+"""Write model artifacts: the Keras model, its ONNX export, and the manifest that binds them.
+
+Reading and verifying artifacts is the serving side's job (stream/predictor.py); this module is only
+used by train and export, which already run TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from stream.predictor import (
+    INPUT_NAME,
+    INPUT_TRANSFORM,
+    KERAS_FILE,
+    MANIFEST,
+    ONNX_FILE,
+    sha256_file,
+    version_of,
+)
+
+ONNX_OPSET = 17
+
+
+def export_onnx(model: Any, path: Path, window: int) -> None:
+    """Convert a Keras model to ONNX with a dynamic batch axis and input named `window`."""
+    import tensorflow as tf
+    import tf2onnx
+
+    # tf2onnx logs every optimisation pass at INFO; the user asked for training, not for those.
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+    spec = (tf.TensorSpec((None, window, 1), tf.float32, name=INPUT_NAME),)
+    tf2onnx.convert.from_keras(model, input_signature=spec, opset=ONNX_OPSET, output_path=str(path))
+
+
+def onnx_op_types(path: Path) -> list[str]:
+    import onnx
+
+    return sorted({node.op_type for node in onnx.load(str(path)).graph.node})
+
+
+def library_versions() -> dict[str, str]:
+    import keras
+    import numpy
+    import onnx
+    import onnxruntime
+    import tensorflow as tf
+    import tf2onnx
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tf2onnx": tf2onnx.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def input_transform() -> dict[str, Any]:
+    from models.cnn_bilstm import INPUT_SCALE, OUTPUT_SCALE
+
+    return {
+        "formula": INPUT_TRANSFORM,
+        "applied_by": "the predictor, in float64, before casting to float32",
+        "input_scale": INPUT_SCALE,
+        "output_scale": OUTPUT_SCALE,
+        "scales_applied_by": "Rescaling layers inside the model (fixed constants, not fitted)",
+        "output": "log(p_next / p_last) quantiles; price = last_price * exp(q)",
+    }
+
+
+def write_artifact(
+    model: Any,
+    root: Path,
+    manifest_fields: dict[str, Any],
+    *,
+    window: int,
+    keras_source: Path | None = None,
+) -> Path:
+    """Save `model` (or copy `keras_source`), export ONNX, hash, and move into root/<version>.
+
+    The folder is assembled under a temporary name and renamed at the end, so a crash never leaves
+    a half-written artifact under a real version name.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        if keras_source is not None:
+            shutil.copyfile(keras_source, staging / KERAS_FILE)
+        else:
+            model.save(staging / KERAS_FILE)
+        export_onnx(model, staging / ONNX_FILE, window)
+        version = version_of(staging / ONNX_FILE)
+        manifest = {
+            "version": version,
+            **manifest_fields,
+            "input_transform": input_transform(),
+            "onnx": {"opset": ONNX_OPSET, "ops": onnx_op_types(staging / ONNX_FILE)},
+            "libraries": library_versions(),
+            "files": {name: sha256_file(staging / name) for name in (KERAS_FILE, ONNX_FILE)},
+        }
+        write_manifest(staging, manifest)
+        final = root / version
+        if final.exists():
+            shutil.rmtree(final)
+        staging.chmod(0o755)  # mkdtemp makes it private; an artifact is for everyone to read
+        staging.rename(final)
+        return final
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+    (folder / MANIFEST).write_text(text, encoding="utf-8")
+
+
+def set_current(root: Path, version: str) -> None:
+    (root / "CURRENT").write_text(version + "\n", encoding="utf-8")

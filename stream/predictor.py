@@ -1,0 +1,280 @@
+"""The resident model behind one interface, with the artifact checks that guard it.
+
+    Predictor            the protocol the pipeline calls: predict_batch(windows) -> quantiles
+    ├── OnnxPredictor        ONNX Runtime; the default: no TensorFlow, fast start, small memory
+    └── TensorFlowPredictor  the reference: the Keras model in a compiled tf.function
+
+An artifact is a folder `models/artifacts/<version>/` with manifest.json, model.keras and
+model.onnx. The version is the first 12 hex digits of the sha256 of model.onnx; the manifest also
+carries the sha256 of every file. Loading checks the manifest against the settings (window size,
+horizon) and the files against their hashes, so a forecast's `model_version` always names the
+weights that made it.
+
+Both backends take raw prices (n, window) and apply the same input transform, log(p_i / p_last),
+in float64 before the model's float32; any constant scaling lives inside the model itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from stream.config import ModelSettings
+from stream.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+KERAS_FILE = "model.keras"
+ONNX_FILE = "model.onnx"
+INPUT_NAME = "window"
+#: The only input transform this code knows how to apply; the manifest must name it.
+INPUT_TRANSFORM = "log(p_i / p_last)"
+VERSION_LENGTH = 12
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class Predictor(Protocol):
+    version: str
+    window: int
+    horizon: int
+    quantiles: tuple[float, ...]
+    interval: float
+
+    def predict_batch(self, windows: FloatArray) -> FloatArray:
+        """Raw price windows (n, window) -> next-step log-return quantiles (n, q), ascending."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    folder: Path
+    version: str
+    window: int
+    horizon: int
+    quantiles: tuple[float, ...]
+    interval: float
+    files: dict[str, str]
+    raw: dict[str, Any]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def version_of(onnx_path: Path) -> str:
+    """The artifact version: the content hash of its ONNX file."""
+    return sha256_file(onnx_path)[:VERSION_LENGTH]
+
+
+def shipped_artifacts_dir() -> Path:
+    """models/artifacts of the installed `models` package."""
+    import models
+
+    return Path(models.__file__).resolve().parent / "artifacts"
+
+
+def resolve_artifact(path: str | Path = "") -> Path:
+    """The artifact folder: `path` if given, else the one models/artifacts/CURRENT names."""
+    if str(path):
+        folder = Path(path)
+    else:
+        current = shipped_artifacts_dir() / "CURRENT"
+        try:
+            name = current.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise ModelError(
+                f"no model artifact: {current} does not exist (train one with `tickcast train"
+                " --set-current`, or set model.path)"
+            ) from None
+        if not name:
+            raise ModelError(f"no model artifact: {current} is empty")
+        folder = current.parent / name
+    if not (folder / MANIFEST).is_file():
+        raise ModelError(f"no model artifact at {folder}: {folder / MANIFEST} does not exist")
+    return folder
+
+
+def read_manifest(folder: Path) -> Manifest:
+    path = folder / MANIFEST
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"no model artifact at {folder}: {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"unreadable manifest {path}: {exc}") from None
+    try:
+        quantiles = tuple(float(q) for q in raw["quantiles"])
+        manifest = Manifest(
+            folder=folder,
+            version=str(raw["version"]),
+            window=int(raw["window"]),
+            horizon=int(raw["horizon"]),
+            quantiles=quantiles,
+            interval=float(raw["interval"]),
+            files={str(k): str(v) for k, v in dict(raw["files"]).items()},
+            raw=raw,
+        )
+        transform = str(raw["input_transform"]["formula"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"manifest {path} is missing or has a bad field: {exc}") from None
+    if transform != INPUT_TRANSFORM:
+        raise ModelError(
+            f"manifest {path}: input transform {transform!r} is not {INPUT_TRANSFORM!r}"
+        )
+    if list(quantiles) != sorted(quantiles) or 0.5 not in quantiles:
+        raise ModelError(f"manifest {path}: quantiles {quantiles} must be ascending and hold 0.5")
+    return manifest
+
+
+def verify_artifact(
+    folder: Path, *, window_size: int, horizon: int, files: tuple[str, ...] = (ONNX_FILE,)
+) -> Manifest:
+    """Read the manifest; check settings, version and the hashes of `files` (ModelError if not)."""
+    manifest = read_manifest(folder)
+    if manifest.window != window_size:
+        raise ModelError(
+            f"model artifact {folder} was trained on windows of {manifest.window} prices,"
+            f" but window.size is {window_size}"
+        )
+    if manifest.horizon != horizon:
+        raise ModelError(
+            f"model artifact {folder} forecasts horizon {manifest.horizon},"
+            f" but model.horizon is {horizon}"
+        )
+    for name in files:
+        path = folder / name
+        if not path.is_file():
+            raise ModelError(f"model artifact {folder} is incomplete: {path} does not exist")
+        expected = manifest.files.get(name)
+        actual = sha256_file(path)
+        if expected != actual:
+            raise ModelError(
+                f"model artifact {folder}: sha256 of {name} is {actual},"
+                f" but the manifest says {expected}"
+            )
+    actual_version = version_of(folder / ONNX_FILE) if ONNX_FILE in files else None
+    if actual_version is not None and actual_version != manifest.version:
+        raise ModelError(
+            f"model artifact {folder}: version in manifest is {manifest.version},"
+            f" but {ONNX_FILE} hashes to {actual_version}"
+        )
+    return manifest
+
+
+def relative_log_window(windows: FloatArray, window: int) -> npt.NDArray[np.float32]:
+    """Raw prices (n, window) -> model input (n, window, 1) float32: log(p_i / p_last)."""
+    arr = np.asarray(windows, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != window:
+        raise ModelError(f"expected windows of shape (n, {window}), got {arr.shape}")
+    rel = np.log(arr / arr[:, -1:])
+    return rel.astype(np.float32)[:, :, None]
+
+
+class _Base:
+    """What both backends share: manifest fields and the batch-shape contract."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.version = manifest.version
+        self.window = manifest.window
+        self.horizon = manifest.horizon
+        self.quantiles = manifest.quantiles
+        self.interval = manifest.interval
+        self.folder = manifest.folder
+
+    def _run(self, inputs: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
+        raise NotImplementedError
+
+    def predict_batch(self, windows: FloatArray) -> FloatArray:
+        inputs = relative_log_window(windows, self.window)
+        rows = inputs.shape[0]
+        if rows == 0:
+            return np.zeros((0, len(self.quantiles)), dtype=np.float64)
+        out = np.asarray(self._run(inputs), dtype=np.float64)
+        if out.shape != (rows, len(self.quantiles)):
+            raise ModelError(
+                f"model {self.version} returned shape {out.shape} for {rows} windows;"
+                f" expected ({rows}, {len(self.quantiles)})"
+            )
+        return out
+
+
+class OnnxPredictor(_Base):
+    def __init__(self, manifest: Manifest, intra_op_threads: int = 1) -> None:
+        super().__init__(manifest)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        path = manifest.folder / ONNX_FILE
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors on a corrupt file
+            raise ModelError(f"cannot load {path}: {exc}") from None
+        self._output = self._session.get_outputs()[0].name
+
+    def _run(self, inputs: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
+        result = self._session.run([self._output], {INPUT_NAME: inputs})
+        return np.asarray(result[0])
+
+
+class TensorFlowPredictor(_Base):
+    """The reference backend: the Keras model, called through one compiled tf.function."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        super().__init__(manifest)
+        import keras
+        import tensorflow as tf
+
+        path = manifest.folder / KERAS_FILE
+        try:
+            model = keras.saving.load_model(str(path), compile=False)
+        except Exception as exc:  # Keras raises many types for a corrupt or foreign file
+            raise ModelError(f"cannot load {path}: {exc}") from None
+
+        @tf.function(  # type: ignore[untyped-decorator]
+            input_signature=(tf.TensorSpec((None, self.window, 1), tf.float32, name=INPUT_NAME),),
+            reduce_retracing=True,
+        )
+        def forward(x: Any) -> Any:
+            return model(x, training=False)
+
+        self._model = model
+        self._forward = forward
+
+    def _run(self, inputs: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
+        return np.asarray(self._forward(inputs).numpy())
+
+
+def load_predictor(model: ModelSettings, window_size: int) -> Predictor:
+    """Locate, verify and load the artifact with the configured backend."""
+    folder = resolve_artifact(model.path)
+    if model.backend == "tensorflow":
+        manifest = verify_artifact(
+            folder, window_size=window_size, horizon=model.horizon, files=(ONNX_FILE, KERAS_FILE)
+        )
+        predictor: Predictor = TensorFlowPredictor(manifest)
+    else:
+        manifest = verify_artifact(folder, window_size=window_size, horizon=model.horizon)
+        predictor = OnnxPredictor(manifest, intra_op_threads=model.intra_op_threads)
+    log.info(
+        'model loaded version=%s backend=%s path="%s"', predictor.version, model.backend, folder
+    )
+    return predictor

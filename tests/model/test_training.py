@@ -1,0 +1,66 @@
+"""A short training run end to end: train -> artifact -> evaluate -> export, on 1,500 rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream.cli import main
+from stream.config import ModelSettings
+from stream.predictor import ONNX_FILE, load_predictor, version_of
+
+pytest.importorskip("tensorflow")
+
+pytestmark = pytest.mark.train
+
+
+def only_artifact(root: Path) -> Path:
+    folders = [p for p in root.iterdir() if p.is_dir()]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+def test_train_evaluate_export_on_a_slice(tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    args = ["train", "--limit-rows", "1500", "--epochs", "2", "--out", str(root), "--set-current"]
+    assert main(args) == 0
+
+    folder = only_artifact(root)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (root / "CURRENT").read_text().strip() == folder.name == manifest["version"]
+    assert manifest["version"] == version_of(folder / ONNX_FILE)
+    assert manifest["window"] == 60 and manifest["quantiles"] == [0.1, 0.5, 0.9]
+    assert manifest["data"]["rows"] == 1500 and manifest["data"]["last_date"] == "2023-05-09"
+    assert manifest["data"]["split"]["test"]["targets"] == 300
+    assert manifest["training"]["epochs_run"] == 2
+    assert manifest["test_metrics"]["n"] == 300
+    # the served graph uses the native ONNX LSTM op, not a Loop/Scan unrolling
+    assert "LSTM" in manifest["onnx"]["ops"]
+    assert "Loop" not in manifest["onnx"]["ops"] and "Scan" not in manifest["onnx"]["ops"]
+
+    report = tmp_path / "report"
+    evaluate = ["evaluate", "--artifact", str(folder), "--limit-rows", "1500", "--out", str(report)]
+    assert main(evaluate) == 0
+    result = json.loads((report / "report.json").read_text())
+    assert result["n"] == 300 and result["version"] == manifest["version"]
+    # evaluate and train score the same rows with the same file: the same numbers
+    assert result["model"]["mae"] == pytest.approx(manifest["test_metrics"]["model"]["mae"])
+    for name in ("report.md", "forecast.png", "errors.png", "rolling_mase.png"):
+        assert (report / name).stat().st_size > 0, name
+
+    # re-export into a fresh folder; export itself fails if ONNX and Keras disagree by > 1e-5
+    exported_root = tmp_path / "exported"
+    assert main(["export", "--artifact", str(folder), "--out", str(exported_root)]) == 0
+    exported = only_artifact(exported_root)
+    again = json.loads((exported / "manifest.json").read_text())
+    assert again["exported_from"] == manifest["version"]
+    assert again["export_check_max_abs_diff"] <= 1e-5
+
+    rng = np.random.default_rng(3)
+    windows = 1500 * np.exp(np.cumsum(rng.normal(0, 0.01, (200, 60)), axis=1))
+    onnx = load_predictor(ModelSettings(path=str(exported)), window_size=60)
+    tf = load_predictor(ModelSettings(path=str(exported), backend="tensorflow"), window_size=60)
+    assert np.max(np.abs(onnx.predict_batch(windows) - tf.predict_batch(windows))) <= 1e-5
