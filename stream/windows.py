@@ -1,14 +1,15 @@
 """Rolling price windows in Redis, idempotent under redelivery: one atomic Lua call per batch.
 
 Layout: one string per symbol, `{prefix}:win:{SYMBOL}` (the braces are a Redis Cluster hash tag),
-a fixed-capacity ring of C = W + R entries, struct-of-arrays so that a window is one or two
-contiguous byte ranges:
+a fixed-capacity ring of C = W + R entries, in regions so that a window is one or two contiguous
+byte ranges and an append copies the tick's bytes as they came:
 
     [0, 56)              header: 7 little-endian float64: layout version (1), capacity C,
                          count (entries ever appended), lineage start (seq of the first entry of
                          the current partition), last ts, last offset, last partition
-    [56, 56 + 8C)        prices     (float64, slot = seq mod C)
-    then 8C bytes each   event ts, source offset, source partition (float64 each)
+    [56, 56 + 8C)        prices            (float64, slot = seq mod C)
+    then 8C bytes        source offsets    (float64; binary-searched on redelivery)
+    then 16C bytes       event ts, source partition (float64 pairs)
 
 Every number is a float64 because Redis Lua numbers are doubles; event times are limited to
 +-2**53 at decode for the same reason, offsets and partitions never get near it. The capacity is
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 import redis
 import redis.exceptions
+from numpy.lib.stride_tricks import sliding_window_view
 
 from stream.contracts import Tick, Window
 from stream.errors import ConfigError, StoreUnavailable
@@ -50,12 +52,17 @@ OUTCOMES = ("processed", "warming", "replayed", "late", "duplicate", "too_old")
 # ARGV[2]         C, the ring capacity (W + R) for keys this call creates
 # ARGV[3]         n, the number of window keys
 # ARGV[4]         the ticks, 40 bytes each, little-endian: u32 window key index (1-based),
-#                 u32 marker key index (1-based, counted from KEYS[n+1]), f64 price, f64 ts,
-#                 f64 offset, f64 partition
-# Returns {outcomes, windows}: one byte per tick (p appended with a window, w appended while
-# warming up, r replayed with a window, R replayed without one (it was warming), l late,
-# d duplicate, o too old), and the prices of every returned window, W float64 each, in tick order.
-# All reads (including the layout check) come before the first write, and nothing after the first
+#                 u32 marker key index (1-based, counted from KEYS[n+1]), f64 price, f64 offset,
+#                 f64 ts, f64 partition (this order lets the script copy entries byte for byte)
+# Returns {outcomes, replays, tails}:
+#   outcomes  one byte per tick: p appended and completes a window, w appended while warming up,
+#             r replayed with a window, R replayed without one (it was warming), l late,
+#             d duplicate, o too old;
+#   replays   the W float64 prices of each r window, in tick order;
+#   tails     per window key, the up to W-1 prices before its first append in this batch (the
+#             caller completes the windows of appended ticks with their own prices, so the script
+#             builds no per-tick window).
+# All reads that can fail (layout checks) come before the first write, and nothing after the first
 # write can fail, so a batch is applied entirely or not at all.
 _APPEND_BATCH_LUA = r"""
 local W = tonumber(ARGV[1])
@@ -63,15 +70,14 @@ local NEWCAP = tonumber(ARGV[2])
 local NKEYS = tonumber(ARGV[3])
 local BLOB = ARGV[4]
 local HDR = 56
-local spack, sunpack = struct.pack, struct.unpack
-local sub, concat = string.sub, table.concat
+local sunpack, sub, concat = struct.unpack, string.sub, table.concat
 
 local states = {}
 for k = 1, NKEYS do
   local key = KEYS[k]
   local h = redis.call('GETRANGE', key, 0, HDR - 1)
   local st = {key = key, count = 0, lstart = 0, cap = NEWCAP,
-              pprice = {}, pts = {}, poff = {}, ppart = {}}
+              pprice = {}, poff = {}, ptsp = {}}
   if #h == HDR then
     local version
     version, st.cap, st.count, st.lstart, st.lts, st.loff, st.lpart = sunpack('<ddddddd', h)
@@ -88,8 +94,9 @@ for k = 1, NKEYS do
   states[k] = st
 end
 
--- n prices from seq `first` on, from Redis (the symbol's pending entries must be flushed)
+-- n prices from seq `first` on, as stored in Redis
 local function read_prices(st, first, n)
+  if n <= 0 then return '' end
   local slot = first % st.cap
   local n1 = math.min(n, st.cap - slot)
   local s = redis.call('GETRANGE', st.key, HDR + slot * 8, HDR + (slot + n1) * 8 - 1)
@@ -99,117 +106,121 @@ local function read_prices(st, first, n)
   return s
 end
 
+-- write the pending entries: a contiguous run of slots, split where the ring wraps
 local function flush(st)
   local n = #st.pprice
   if n == 0 then return end
   local cap = st.cap
-  -- more appends than slots in one batch: the older ones are overwritten anyway
-  local skip = math.max(0, n - cap)
+  local skip = math.max(0, n - cap) -- more appends than slots: the older ones are overwritten
   local slot = (st.pfirst + skip) % cap
   local n1 = math.min(n - skip, cap - slot)
-  local regions = {st.pprice, st.pts, st.poff, st.ppart}
-  for r = 1, 4 do
-    local base = HDR + (r - 1) * cap * 8
-    local t = regions[r]
-    redis.call('SETRANGE', st.key, base + slot * 8, concat(t, '', skip + 1, skip + n1))
+  local regions = {{st.pprice, HDR, 8}, {st.poff, HDR + cap * 8, 8}, {st.ptsp, HDR + cap * 16, 16}}
+  for _, r in ipairs(regions) do
+    local t, base, width = r[1], r[2], r[3]
+    redis.call('SETRANGE', st.key, base + slot * width, concat(t, '', skip + 1, skip + n1))
     if skip + n1 < n then
       redis.call('SETRANGE', st.key, base, concat(t, '', skip + n1 + 1, n))
     end
   end
   redis.call('SETRANGE', st.key, 0,
-    spack('<ddddddd', 1, cap, st.count, st.lstart, st.lts, st.loff, st.lpart))
-  st.pprice, st.pts, st.poff, st.ppart = {}, {}, {}, {}
+    struct.pack('<ddddddd', 1, cap, st.count, st.lstart, st.lts, st.loff, st.lpart))
+  st.pprice, st.poff, st.ptsp = {}, {}, {}
   st.offs = nil
 end
 
-local function append(st, pb, ts, off, part)
-  if st.tail == nil then
-    -- first append of this symbol in the batch: nothing is pending, Redis is current
+local function append(st, pos, ts, off, part)
+  if st.tail == nil then -- first append of this symbol in the batch: Redis is current
     local have = math.min(st.count, W - 1)
-    st.tail = have > 0 and read_prices(st, st.count - have, have) or ''
+    st.tail = read_prices(st, st.count - have, have)
   end
-  local win = st.tail .. pb
-  if #win > (W - 1) * 8 then st.tail = sub(win, 9) else st.tail = win end
-  if #st.pprice == 0 then st.pfirst = st.count end
   local i = #st.pprice + 1
-  st.pprice[i] = pb
-  st.pts[i] = spack('<d', ts)
-  st.poff[i] = spack('<d', off)
-  st.ppart[i] = spack('<d', part)
+  if i == 1 then st.pfirst = st.count end
+  st.pprice[i] = sub(BLOB, pos + 8, pos + 15)
+  st.poff[i] = sub(BLOB, pos + 16, pos + 23)
+  st.ptsp[i] = sub(BLOB, pos + 24, pos + 39)
   st.count = st.count + 1
   st.lts, st.loff, st.lpart = ts, off, part
-  if #win == W * 8 then return 'p', win end
-  return 'w', nil
+  if st.count >= W then return 'p' end
+  return 'w'
 end
 
 local function redelivered(st, ts, off)
   flush(st)
   local cap = st.cap
   if st.offs == nil then
-    st.offs = redis.call('GETRANGE', st.key, HDR + 2 * cap * 8, HDR + 3 * cap * 8 - 1)
+    st.offs = redis.call('GETRANGE', st.key, HDR + cap * 8, HDR + cap * 16 - 1)
   end
   local offs = st.offs
   local function off_at(seq) return (sunpack('<d', offs, (seq % cap) * 8 + 1)) end
   local oldest = math.max(0, st.count - cap)
   local lo, hi = math.max(oldest, st.lstart), st.count - 1
-  if off_at(lo) > off then return 'o', nil end
-  while lo < hi do -- the last entry at or below `off`; offsets increase within a lineage
-    local mid = math.floor((lo + hi + 1) / 2)
-    if off_at(mid) <= off then lo = mid else hi = mid - 1 end
+  local j
+  -- redeliveries come in offset order: try the entry after the last one found first
+  if st.hint and st.hint + 1 >= lo and st.hint + 1 <= hi and off_at(st.hint + 1) == off then
+    j = st.hint + 1
+  else
+    if off_at(lo) > off then return 'o', nil end
+    while lo < hi do -- the last entry at or below `off`; offsets increase within a lineage
+      local mid = math.floor((lo + hi + 1) / 2)
+      if off_at(mid) <= off then lo = mid else hi = mid - 1 end
+    end
+    j = lo
   end
-  local j = lo
   if off_at(j) == off then
+    st.hint = j
     if j + 1 < W then return 'R', nil end
     if j - W + 1 < oldest then return 'o', nil end
     return 'r', read_prices(st, j - W + 1, W)
   end
   -- rejected the first time: the entry before it was the last one then
-  local at = HDR + cap * 8 + (j % cap) * 8
+  local at = HDR + cap * 16 + (j % cap) * 16
   local tj = sunpack('<d', redis.call('GETRANGE', st.key, at, at + 7))
   if ts < tj then return 'l', nil elseif ts == tj then return 'd', nil end
   return 'o', nil
 end
 
-local outcomes, windows, marks = {}, {}, {}
+local outcomes, replays, marks = {}, {}, {}
 local pos = 1
 for i = 1, #BLOB / 40 do
-  local ki, mi = sunpack('<I4I4', BLOB, pos)
-  local pb = sub(BLOB, pos + 8, pos + 15)
-  local ts, off, part = sunpack('<ddd', BLOB, pos + 16)
-  pos = pos + 40
+  local ki, mi, off, ts, part = sunpack('<I4I4xxxxxxxxddd', BLOB, pos)
   local st = states[ki]
   local code, win
   if st.count > 0 and (part ~= st.lpart or off > st.loff) then
     if ts > st.lts then
       if part ~= st.lpart then st.lstart = st.count end
-      code, win = append(st, pb, ts, off, part)
+      code = append(st, pos, ts, off, part)
     elseif ts < st.lts then code = 'l' else code = 'd' end
   elseif st.count == 0 then
-    code, win = append(st, pb, ts, off, part)
+    code = append(st, pos, ts, off, part)
   else
     code, win = redelivered(st, ts, off)
+    if win then replays[#replays + 1] = win end
   end
-  if code == 'p' or code == 'w' then
-    if marks[mi] == nil or marks[mi] < off then marks[mi] = off end
+  if (code == 'p' or code == 'w') and (marks[mi] == nil or marks[mi] < off) then
+    marks[mi] = off
   end
   outcomes[i] = code
-  if win then windows[#windows + 1] = win end
+  pos = pos + 40
 end
 
-for k = 1, NKEYS do flush(states[k]) end
+local tails = {}
+for k = 1, NKEYS do
+  flush(states[k])
+  tails[k] = states[k].tail or ''
+end
 for mi, off in pairs(marks) do
   local mk = KEYS[NKEYS + mi]
   local cur = tonumber(redis.call('GET', mk))
   if cur == nil or cur < off then redis.call('SET', mk, string.format('%.0f', off)) end
 end
-return {concat(outcomes), concat(windows)}
+return {concat(outcomes), concat(replays), tails}
 """
 
-# u32 window key index, u32 marker key index, price, ts, offset, partition (see the script)
+# u32 window key index, u32 marker key index, price, offset, ts, partition (see the script)
 _TICK_RECORD = struct.Struct("<IIdddd")
 
-_WINDOW_CODES = {ord("p"): False, ord("r"): True}
-_COUNTED = {
+_APPENDED, _COMPLETE, _REPLAYED = ord("w"), ord("p"), ord("r")
+_COUNTED: dict[int, tuple[str, ...]] = {
     ord("p"): ("processed",),
     ord("w"): ("processed", "warming"),
     ord("r"): ("replayed",),
@@ -273,10 +284,12 @@ class WindowStore:
         mark_index: dict[int, int] = {}
         pack = _TICK_RECORD.pack
         records = []
+        symbol_ids = []
         for t in ticks:
             ki = key_index.setdefault(t.symbol, len(key_index) + 1)
             mi = mark_index.setdefault(t.partition, len(mark_index) + 1)
-            records.append(pack(ki, mi, t.price, t.ts, t.offset, t.partition))
+            symbol_ids.append(ki)
+            records.append(pack(ki, mi, t.price, t.offset, t.ts, t.partition))
         keys = [self.window_key(s) for s in key_index]
         keys += [self.marker_key(p) for p in mark_index]
         args: list[bytes | int] = [
@@ -296,20 +309,69 @@ class WindowStore:
                 ) from None
             raise
         outcomes: bytes = reply[0]
-        blob: bytes = reply[1]
-        # One buffer for all windows; each Window holds a read-only row view, no per-price objects.
-        prices = np.frombuffer(blob, dtype="<f8").reshape(-1, self.size)
+        return self._assemble(ticks, symbol_ids, outcomes, reply[1], reply[2])
+
+    def _assemble(
+        self,
+        ticks: Sequence[Tick],
+        symbol_ids: list[int],
+        outcomes: bytes,
+        replay_blob: bytes,
+        tails: list[bytes],
+    ) -> WindowBatch:
+        """Turn the script's reply into Windows with a few vectorised numpy steps.
+
+        The prices of a symbol, (its stored tail, then the prices appended in this batch), form
+        one block of `series`; the window of an appended tick is the W prices of its block that
+        end at it. Replayed windows come from the script as they are. Each Window holds a
+        read-only row of one matrix: no per-price Python objects.
+        """
+        w = self.size
+        codes = np.frombuffer(outcomes, dtype=np.uint8)
+        counts = dict.fromkeys(OUTCOMES, 0)
+        for code, names in _COUNTED.items():
+            n = int(np.count_nonzero(codes == code))
+            for name in names:
+                counts[name] += n
+
+        appended = np.flatnonzero((codes == _COMPLETE) | (codes == _APPENDED))
+        complete_rows = np.empty((0, w), dtype="<f8")
+        if appended.size:
+            price = np.fromiter((t.price for t in ticks), dtype="<f8", count=len(ticks))
+            sym = np.asarray(symbol_ids, dtype=np.int64)[appended] - 1
+            tail_len = np.fromiter((len(t) // 8 for t in tails), dtype=np.int64, count=len(tails))
+            n_app = np.bincount(sym, minlength=len(tails))
+            block_start = np.concatenate(([0], np.cumsum(tail_len + n_app)[:-1]))
+            # rank of each appended tick among its symbol's appends, in input order
+            order = np.argsort(sym, kind="stable")
+            sorted_sym = sym[order]
+            rank = np.empty_like(sym)
+            rank[order] = np.arange(sym.size) - np.searchsorted(sorted_sym, sorted_sym)
+            pos = block_start[sym] + tail_len[sym] + rank
+
+            series = np.empty(int(tail_len.sum() + sym.size), dtype="<f8")
+            series[pos] = price[appended]
+            tails_flat = np.frombuffer(b"".join(tails), dtype="<f8")
+            tail_pos = np.repeat(block_start, tail_len) + (
+                np.arange(tails_flat.size) - np.repeat(np.cumsum(tail_len) - tail_len, tail_len)
+            )
+            series[tail_pos] = tails_flat
+            ends = pos[codes[appended] == _COMPLETE]
+            if ends.size:
+                complete_rows = sliding_window_view(series, w)[ends - (w - 1)]
+                complete_rows.flags.writeable = False
+
+        replays = np.frombuffer(replay_blob, dtype="<f8").reshape(-1, w)
         windows: list[Window] = []
         rejected: list[tuple[Tick, str]] = []
-        counts = dict.fromkeys(OUTCOMES, 0)
-        row = 0
+        i_complete = i_replay = 0
         for tick, code in zip(ticks, outcomes, strict=True):
-            for outcome in _COUNTED[code]:
-                counts[outcome] += 1
-            replayed = _WINDOW_CODES.get(code)
-            if replayed is not None:
-                windows.append(Window(tick, prices[row], replayed))
-                row += 1
+            if code == _COMPLETE:
+                windows.append(Window(tick, complete_rows[i_complete], False))
+                i_complete += 1
+            elif code == _REPLAYED:
+                windows.append(Window(tick, replays[i_replay], True))
+                i_replay += 1
             elif code in _REJECTED:
                 rejected.append((tick, _REJECTED[code]))
         return WindowBatch(windows, rejected, counts)
