@@ -1,0 +1,1 @@
+"""Benchmarks of tickcast (`tickcast bench ...`). Not part of the served package."""
