@@ -194,9 +194,12 @@ class Pipeline:
             tick = w.tick
             if row is not None:
                 last = tick.price
-                price = last * math.exp(float(row[mid_i]))
-                lower = last * math.exp(float(row[lo_i]))
-                upper = last * math.exp(float(row[hi_i]))
+                try:
+                    price = last * math.exp(float(row[mid_i]))
+                    lower = last * math.exp(float(row[lo_i]))
+                    upper = last * math.exp(float(row[hi_i]))
+                except OverflowError:  # a finite but absurd log return
+                    price = lower = upper = math.inf
                 if math.isfinite(price) and math.isfinite(lower) and math.isfinite(upper):
                     forecasts.append(
                         Forecast(

@@ -1,0 +1,297 @@
+"""The pipeline core with small in-memory stand-ins for the window store, cache and model.
+
+The fakes implement only what the pipeline relies on; the real store and cache are tested
+against Redis in tests/integration.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from stream.cache import digest
+from stream.contracts import (
+    Forecast,
+    SourceMessage,
+    Tick,
+    Window,
+    dead_letter_headers,
+    encode_forecast,
+    encode_tick,
+)
+from stream.errors import ModelError
+from stream.pipeline import Pipeline
+from stream.windows import OUTCOMES, WindowBatch
+
+W = 3
+MAX = 65_536
+F64 = npt.NDArray[np.float64]
+
+
+class FakeStore:
+    """Windows of W prices per symbol; a redelivered offset gets its first window back."""
+
+    def __init__(self) -> None:
+        self.prices: dict[str, list[float]] = {}
+        self.last: dict[str, tuple[int, int]] = {}  # symbol -> (offset, ts)
+        self.seen: dict[tuple[int, int], np.ndarray | None] = {}
+        self.calls = 0
+
+    def append_batch(self, ticks: Sequence[Tick]) -> WindowBatch:
+        self.calls += 1
+        counts = dict.fromkeys(OUTCOMES, 0)
+        windows: list[Window] = []
+        rejected: list[tuple[Tick, str]] = []
+        for t in ticks:
+            pos = (t.partition, t.offset)
+            if pos in self.seen:
+                counts["replayed"] += 1
+                prior = self.seen[pos]
+                if prior is not None:
+                    windows.append(Window(t, prior, replayed=True))
+                continue
+            last = self.last.get(t.symbol)
+            if last is not None and t.ts <= last[1]:
+                verdict = "late" if t.ts < last[1] else "duplicate"
+                counts[verdict] += 1
+                rejected.append((t, verdict))
+                continue
+            series = self.prices.setdefault(t.symbol, [])
+            series.append(t.price)
+            self.last[t.symbol] = (t.offset, t.ts)
+            counts["processed"] += 1
+            window = np.array(series[-W:]) if len(series) >= W else None
+            self.seen[pos] = window
+            if window is None:
+                counts["warming"] += 1
+            else:
+                windows.append(Window(t, window, replayed=False))
+        return WindowBatch(windows, rejected, counts)
+
+
+class FakeCache:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.gets: list[list[str]] = []
+        self.puts: list[list[str]] = []
+
+    def get_many(self, digests: Sequence[str]) -> list[F64 | None]:
+        self.gets.append(list(digests))
+        return [
+            np.frombuffer(self.data[d], dtype=np.float64) if d in self.data else None
+            for d in digests
+        ]
+
+    def put_many(self, items: Sequence[tuple[str, F64]]) -> None:
+        self.puts.append([d for d, _ in items])
+        for d, outputs in items:
+            self.data[d] = outputs.tobytes()
+
+
+class FakeModel:
+    """Quantiles of the next log return: the mean of the window's log returns -/+ 0.01."""
+
+    version = "m1"
+    horizon = 1
+    quantiles = (0.1, 0.5, 0.9)
+    interval = 0.8
+
+    def __init__(self) -> None:
+        self.batches: list[F64] = []
+        self.poison: set[float] = set()  # windows ending at one of these prices give NaN
+        self.drop_row = False
+
+    def predict_batch(self, windows: F64) -> F64:
+        self.batches.append(windows.copy())
+        mid = np.diff(np.log(windows), axis=1).mean(axis=1)
+        out = np.stack([mid - 0.01, mid, mid + 0.01], axis=1)
+        for i, w in enumerate(windows):
+            if w[-1] in self.poison:
+                out[i, 1] = np.nan
+        return out[:-1] if self.drop_row else out
+
+
+@pytest.fixture
+def parts() -> tuple[FakeStore, FakeCache, FakeModel]:
+    return FakeStore(), FakeCache(), FakeModel()
+
+
+def pipeline(
+    parts: tuple[FakeStore, FakeCache, FakeModel], late_policy: str = "dead_letter"
+) -> Pipeline:
+    store, cache, model = parts
+    return Pipeline(
+        store,
+        cache,
+        model,
+        source_topic="ticks",
+        clock_ms=lambda: 1_700_000_000_123,
+        late_policy=late_policy,  # type: ignore[arg-type]
+    )
+
+
+def msg(offset: int, price: float, ts: int | None = None, symbol: str = "A") -> SourceMessage:
+    value = encode_tick(symbol, price, 1000 + offset if ts is None else ts)
+    return SourceMessage(value, symbol.encode(), "ticks", 0, offset)
+
+
+def feed(n: int, symbol: str = "A", start: int = 0) -> list[SourceMessage]:
+    return [msg(o, 100.0 + o, symbol=symbol) for o in range(start, start + n)]
+
+
+def test_one_forecast_per_full_window_in_input_order(
+    parts: tuple[FakeStore, FakeCache, FakeModel],
+) -> None:
+    result = pipeline(parts).process(feed(5), MAX)
+    assert [f.source_offset for f in result.forecasts] == [2, 3, 4]
+    f = result.forecasts[0]
+    window = np.array([100.0, 101.0, 102.0])
+    mid = float(np.diff(np.log(window)).mean())
+    assert f == Forecast(
+        symbol="A",
+        ts=1002,
+        horizon=1,
+        price=102.0 * np.exp(mid),
+        lower=102.0 * np.exp(mid - 0.01),
+        upper=102.0 * np.exp(mid + 0.01),
+        interval=0.8,
+        last_price=102.0,
+        model_version="m1",
+        window_hash=digest(window, 1),
+        cached=False,
+        source_topic="ticks",
+        source_partition=0,
+        source_offset=2,
+        produced_at=1_700_000_000_123,
+    )
+    assert f.lower < f.price < f.upper
+    assert result.counts == {
+        **dict.fromkeys(OUTCOMES, 0),
+        "processed": 5,
+        "warming": 2,
+        "invalid": 0,
+    }
+    assert set(result.stage_seconds) == {"decode", "window", "cache", "inference"}
+
+
+def test_one_call_to_each_collaborator_per_batch(
+    parts: tuple[FakeStore, FakeCache, FakeModel],
+) -> None:
+    store, cache, model = parts
+    pipeline(parts).process(feed(10) + feed(10, "B", start=10), MAX)
+    assert store.calls == 1 and len(cache.gets) == 1 and len(cache.puts) == 1
+    assert len(model.batches) == 1 and model.batches[0].shape == (16, W)
+
+
+def test_a_redelivered_batch_is_served_from_the_cache_identically(
+    parts: tuple[FakeStore, FakeCache, FakeModel],
+) -> None:
+    _, _, model = parts
+    p = pipeline(parts)
+    batch = feed(6)
+    first = p.process(batch, MAX)
+    assert (first.cache_hits, first.cache_misses, first.inference_batch_size) == (0, 4, 4)
+
+    again = p.process(batch, MAX)
+    assert len(model.batches) == 1  # no inference the second time
+    assert (again.cache_hits, again.cache_misses, again.inference_batch_size) == (4, 0, 0)
+    assert again.counts["replayed"] == 6
+    assert all(f.cached for f in again.forecasts)
+    for a, b in zip(first.forecasts, again.forecasts, strict=True):
+        assert encode_forecast(a).replace(b'"cached":false', b'"cached":true') == encode_forecast(b)
+
+
+def test_identical_windows_in_one_batch_cost_one_inference(
+    parts: tuple[FakeStore, FakeCache, FakeModel],
+) -> None:
+    _, cache, model = parts
+    same = [msg(o, 100.0 + o % 3, symbol=s) for o, s in enumerate("AAABBB")]
+    result = pipeline(parts).process(same, MAX)
+    assert [f.symbol for f in result.forecasts] == ["A", "B"]
+    assert result.forecasts[0].window_hash == result.forecasts[1].window_hash
+    assert result.forecasts[0].price == result.forecasts[1].price
+    assert model.batches[0].shape == (1, W)
+    assert cache.gets == [[result.forecasts[0].window_hash]]
+    assert (result.cache_misses, result.inference_batch_size) == (1, 1)
+
+
+def test_a_non_finite_output_is_neither_published_nor_cached(
+    parts: tuple[FakeStore, FakeCache, FakeModel], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, cache, model = parts
+    model.poison = {103.0}
+    with caplog.at_level(logging.WARNING, logger="stream.pipeline"):
+        result = pipeline(parts).process(feed(6), MAX)
+    assert [f.source_offset for f in result.forecasts] == [2, 4, 5]
+    assert result.non_finite == 1
+    bad_hash = digest(np.array([101.0, 102.0, 103.0]), 1)
+    assert bad_hash not in cache.data and len(cache.data) == 3
+    assert bad_hash in caplog.text
+
+
+def test_an_overflowing_price_is_dropped_too(
+    parts: tuple[FakeStore, FakeCache, FakeModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, model = parts
+    monkeypatch.setattr(model, "predict_batch", lambda w: np.full((len(w), 3), 800.0))
+    result = pipeline(parts).process(feed(3), MAX)
+    assert result.forecasts == [] and result.non_finite == 1
+
+
+def test_a_model_that_loses_rows_fails_the_batch(
+    parts: tuple[FakeStore, FakeCache, FakeModel],
+) -> None:
+    _, cache, model = parts
+    model.drop_row = True
+    with pytest.raises(ModelError, match="expected"):
+        pipeline(parts).process(feed(5), MAX)
+    assert cache.data == {}
+
+
+def test_quantiles_must_include_the_median(
+    parts: tuple[FakeStore, FakeCache, FakeModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FakeModel, "quantiles", (0.1, 0.9))
+    with pytest.raises(ModelError, match=r"include 0\.5"):
+        pipeline(parts).process(feed(3), MAX)
+
+
+def test_dead_letters_carry_the_original_bytes(
+    parts: tuple[FakeStore, FakeCache, FakeModel],
+) -> None:
+    late = msg(3, 1.0, ts=999)
+    junk = SourceMessage(b"\x00junk", b"A", "ticks", 0, 4)
+    result = pipeline(parts).process([*feed(3), late, junk], MAX)
+    assert [(r.reason, r.offset) for r in result.dead_letters] == [("not_json", 4), ("late", 3)]
+    by_reason = {r.reason: r for r in result.dead_letters}
+    assert by_reason["late"].value == late.value() and by_reason["late"].key == b"A"
+    assert by_reason["not_json"].value == b"\x00junk"
+    assert dict(dead_letter_headers(by_reason["late"]))["source.offset"] == b"3"
+    assert result.counts["invalid"] == 1 and result.counts["late"] == 1
+
+
+def test_late_policy_drop_counts_but_does_not_dead_letter(
+    parts: tuple[FakeStore, FakeCache, FakeModel],
+) -> None:
+    dup = msg(3, 1.0, ts=1002)
+    result = pipeline(parts, late_policy="drop").process([*feed(3), dup], MAX)
+    assert result.dead_letters == []
+    assert result.counts["duplicate"] == 1
+
+
+def test_nothing_to_forecast_calls_no_cache_or_model(
+    parts: tuple[FakeStore, FakeCache, FakeModel],
+) -> None:
+    _, cache, model = parts
+    result = pipeline(parts).process(feed(2), MAX)
+    assert result.forecasts == [] and cache.gets == [] and model.batches == []
+    assert pipeline(parts).process([], MAX).counts["invalid"] == 0
+
+
+def test_a_bad_late_policy_is_refused(parts: tuple[FakeStore, FakeCache, FakeModel]) -> None:
+    with pytest.raises(ValueError, match="late_policy"):
+        pipeline(parts, late_policy="ignore")
