@@ -100,12 +100,13 @@ def assert_matches_predictor(forecasts: list[Forecast], windows, predictor) -> N
     stack = np.stack([windows[k] for k in keys])
     out = predictor.predict_batch(stack)
     median = list(predictor.quantiles).index(0.5)
+    # The service ran these windows in other batch compositions, where ONNX Runtime's float32
+    # kernels may differ in the last bit; so compare log-returns to 1e-6 (float32 is ~1e-9 here).
     for f, row, window in zip(forecasts, out, stack, strict=True):
         assert f.model_version == predictor.version
         assert f.last_price == window[-1]
-        assert math.isclose(f.price, window[-1] * math.exp(row[median]), rel_tol=1e-12)
-        assert math.isclose(f.lower, window[-1] * math.exp(row[0]), rel_tol=1e-12)
-        assert math.isclose(f.upper, window[-1] * math.exp(row[-1]), rel_tol=1e-12)
+        for value, q in ((f.lower, row[0]), (f.price, row[median]), (f.upper, row[-1])):
+            assert abs(math.log(value / f.last_price) - q) <= 1e-6
 
 
 def test_every_full_window_gives_the_predictors_forecast(setup, kafka_bootstrap, predictor) -> None:  # type: ignore[no-untyped-def]
