@@ -6,11 +6,15 @@ Most timelines use W=5 so the windows fit on a line; prices are 100 + offset and
 
 from __future__ import annotations
 
+import itertools
 import random
+import uuid
 
 import numpy as np
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -286,3 +290,121 @@ def test_redis_down_is_store_unavailable(key_prefix: str) -> None:
     with pytest.raises(StoreUnavailable):
         store.markers([0])
     dead.close()
+
+
+def test_more_appends_in_one_batch_than_the_ring_holds(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    store = WindowStore(redis_client, key_prefix, size=3, history=1, source_topic="ticks")
+    b = store.append_batch(run(range(11)))
+    assert windows_of(b) == [[100.0 + o for o in range(end - 2, end + 1)] for end in range(2, 11)]
+    b = store.append_batch([tick(9), tick(10), tick(11)])
+    assert windows_of(b) == [[107.0, 108.0, 109.0], [108.0, 109.0, 110.0], [109.0, 110.0, 111.0]]
+    assert [w.replayed for w in b.windows] == [True, True, False]
+
+
+class Mirror:
+    """The store's rules over an unbounded Python list, to hold the Redis script to."""
+
+    def __init__(self, size: int, history: int) -> None:
+        self.w, self.cap = size, size + history
+        self.entries: dict[str, list[Tick]] = {}
+        self.lstart: dict[str, int] = {}
+
+    def apply(self, t: Tick) -> tuple[str, list[float] | None]:
+        e = self.entries.setdefault(t.symbol, [])
+        n = len(e)
+        if n == 0 or t.partition != e[-1].partition or t.offset > e[-1].offset:
+            if n and t.ts <= e[-1].ts:
+                return ("late" if t.ts < e[-1].ts else "duplicate"), None
+            if n and t.partition != e[-1].partition:
+                self.lstart[t.symbol] = n
+            e.append(t)
+            if n + 1 >= self.w:
+                return "new", [x.price for x in e[-self.w :]]
+            return "warming", None
+        oldest = max(0, n - self.cap)
+        lo = max(oldest, self.lstart.get(t.symbol, 0))
+        if e[lo].offset > t.offset:
+            return "too_old", None
+        j = max(i for i in range(lo, n) if e[i].offset <= t.offset)
+        if e[j].offset == t.offset:
+            if j + 1 < self.w:
+                return "replayed", None
+            if j - self.w + 1 < oldest:
+                return "too_old", None
+            return "replayed", [x.price for x in e[j - self.w + 1 : j + 1]]
+        if t.ts < e[j].ts:
+            return "late", None
+        return ("duplicate", None) if t.ts == e[j].ts else ("too_old", None)
+
+
+@st.composite
+def timelines(draw: st.DrawFn) -> tuple[int, int, list[list[Tick]]]:
+    """A topic of 1-2 partitions, consumed with rewinds (redelivery), cut into batches."""
+    size = draw(st.integers(2, 4))
+    history = draw(st.integers(0, 4))
+    logs: list[list[Tick]] = []
+    last_ts = {"A": 0, "B": 0}
+    for partition in range(draw(st.integers(1, 2))):
+        log = []
+        for offset in range(draw(st.integers(1, 25))):
+            symbol = draw(st.sampled_from("AB"))
+            last_ts[symbol] += draw(st.sampled_from([-3, 0, 1, 2, 5, 5, 5]))
+            log.append(
+                Tick(
+                    symbol,
+                    draw(st.sampled_from([1.0, 2.5, 3.0, 7.25])) + offset,
+                    last_ts[symbol],
+                    partition,
+                    offset,
+                )
+            )
+        logs.append(log)
+    deliveries: list[Tick] = []
+    cursors = [0] * len(logs)
+    for _ in range(draw(st.integers(1, 12))):
+        p = draw(st.integers(0, len(logs) - 1))
+        if draw(st.booleans()):
+            cursors[p] = max(0, cursors[p] - draw(st.integers(1, 8)))  # rewind: redelivery
+        step = draw(st.integers(1, 10))
+        deliveries += logs[p][cursors[p] : cursors[p] + step]
+        cursors[p] = min(len(logs[p]), cursors[p] + step)
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(deliveries) - 1)), max_size=6)))
+    bounds = [0, *cuts, len(deliveries)]
+    batches = [deliveries[a:b] for a, b in itertools.pairwise(bounds) if a < b]
+    return size, history, batches
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=timelines())
+def test_the_script_follows_the_rules_on_random_timelines(
+    redis_client: redis.Redis, key_prefix: str, case: tuple[int, int, list[list[Tick]]]
+) -> None:
+    size, history, batches = case
+    store = WindowStore(
+        redis_client, f"{key_prefix}:{uuid.uuid4().hex[:8]}", size, history, source_topic="t"
+    )
+    mirror = Mirror(size, history)
+    first_window: dict[tuple[int, int], list[float]] = {}
+    for batch in batches:
+        got = store.append_batch(batch)
+        expected = [(t, *mirror.apply(t)) for t in batch]
+        assert windows_of(got) == [win for _, _, win in expected if win is not None]
+        assert [w.tick for w in got.windows] == [t for t, _, win in expected if win is not None]
+        assert got.rejected == [(t, v) for t, v, _ in expected if v in ("late", "duplicate")]
+        for w in got.windows:
+            key = (w.tick.partition, w.tick.offset)
+            if w.replayed:  # a redelivered tick gets exactly its first window back
+                assert w.prices.tolist() == first_window[key]
+            else:
+                first_window[key] = w.prices.tolist()
+        verdicts = [v for _, v, _ in expected]
+        assert got.counts["replayed"] == verdicts.count("replayed")
+        assert got.counts["too_old"] == verdicts.count("too_old")
+        assert got.counts["processed"] == verdicts.count("new") + verdicts.count("warming")
+        assert got.counts["warming"] == verdicts.count("warming")
