@@ -54,14 +54,16 @@ OUTCOMES = ("processed", "warming", "replayed", "late", "duplicate", "too_old")
 # ARGV[4]         the ticks, 40 bytes each, little-endian: u32 window key index (1-based),
 #                 u32 marker key index (1-based, counted from KEYS[n+1]), f64 price, f64 offset,
 #                 f64 ts, f64 partition (this order lets the script copy entries byte for byte)
-# Returns {outcomes, replays, tails}:
+# Returns {outcomes, refs, blocks, tails}; the script builds no per-tick window string:
 #   outcomes  one byte per tick: p appended and completes a window, w appended while warming up,
 #             r replayed with a window, R replayed without one (it was warming), l late,
 #             d duplicate, o too old;
-#   replays   the W float64 prices of each r window, in tick order;
+#   refs      per r tick, in tick order, u32 block number (1-based) and u32 index of the window's
+#             first price in that block;
+#   blocks    runs of stored prices (float64) that hold the replayed windows: consecutive
+#             redeliveries of a symbol share one block;
 #   tails     per window key, the up to W-1 prices before its first append in this batch (the
-#             caller completes the windows of appended ticks with their own prices, so the script
-#             builds no per-tick window).
+#             caller completes the windows of appended ticks with their own prices).
 # All reads that can fail (layout checks) come before the first write, and nothing after the first
 # write can fail, so a batch is applied entirely or not at all.
 _APPEND_BATCH_LUA = r"""
@@ -72,7 +74,7 @@ local BLOB = ARGV[4]
 local HDR = 56
 local sunpack, sub, concat = struct.unpack, string.sub, table.concat
 
-local states = {}
+local states, blocks, refs = {}, {}, {}
 for k = 1, NKEYS do
   local key = KEYS[k]
   local h = redis.call('GETRANGE', key, 0, HDR - 1)
@@ -106,10 +108,19 @@ local function read_prices(st, first, n)
   return s
 end
 
+-- read the block of the symbol's open replay span (before anything overwrites its slots)
+local function close_span(st)
+  local sp = st.span
+  if sp == nil then return end
+  blocks[sp.id] = read_prices(st, sp.first, sp.last - sp.first + 1)
+  st.span = nil
+end
+
 -- write the pending entries: a contiguous run of slots, split where the ring wraps
 local function flush(st)
   local n = #st.pprice
   if n == 0 then return end
+  close_span(st)
   local cap = st.cap
   local skip = math.max(0, n - cap) -- more appends than slots: the older ones are overwritten
   local slot = (st.pfirst + skip) % cap
@@ -159,7 +170,7 @@ local function redelivered(st, ts, off)
   if st.hint and st.hint + 1 >= lo and st.hint + 1 <= hi and off_at(st.hint + 1) == off then
     j = st.hint + 1
   else
-    if off_at(lo) > off then return 'o', nil end
+    if off_at(lo) > off then return 'o' end
     while lo < hi do -- the last entry at or below `off`; offsets increase within a lineage
       local mid = math.floor((lo + hi + 1) / 2)
       if off_at(mid) <= off then lo = mid else hi = mid - 1 end
@@ -168,23 +179,34 @@ local function redelivered(st, ts, off)
   end
   if off_at(j) == off then
     st.hint = j
-    if j + 1 < W then return 'R', nil end
-    if j - W + 1 < oldest then return 'o', nil end
-    return 'r', read_prices(st, j - W + 1, W)
+    if j + 1 < W then return 'R' end
+    local first = j - W + 1
+    if first < oldest then return 'o' end
+    local sp = st.span
+    if sp == nil or first < sp.first then
+      close_span(st)
+      sp = {id = #blocks + 1, first = first, last = j}
+      blocks[sp.id] = '' -- filled by close_span
+      st.span = sp
+    elseif j > sp.last then
+      sp.last = j
+    end
+    refs[#refs + 1] = struct.pack('<I4I4', sp.id, first - sp.first)
+    return 'r'
   end
   -- rejected the first time: the entry before it was the last one then
   local at = HDR + cap * 16 + (j % cap) * 16
   local tj = sunpack('<d', redis.call('GETRANGE', st.key, at, at + 7))
-  if ts < tj then return 'l', nil elseif ts == tj then return 'd', nil end
-  return 'o', nil
+  if ts < tj then return 'l' elseif ts == tj then return 'd' end
+  return 'o'
 end
 
-local outcomes, replays, marks = {}, {}, {}
+local outcomes, marks = {}, {}
 local pos = 1
 for i = 1, #BLOB / 40 do
   local ki, mi, off, ts, part = sunpack('<I4I4xxxxxxxxddd', BLOB, pos)
   local st = states[ki]
-  local code, win
+  local code
   if st.count > 0 and (part ~= st.lpart or off > st.loff) then
     if ts > st.lts then
       if part ~= st.lpart then st.lstart = st.count end
@@ -193,8 +215,7 @@ for i = 1, #BLOB / 40 do
   elseif st.count == 0 then
     code = append(st, pos, ts, off, part)
   else
-    code, win = redelivered(st, ts, off)
-    if win then replays[#replays + 1] = win end
+    code = redelivered(st, ts, off)
   end
   if (code == 'p' or code == 'w') and (marks[mi] == nil or marks[mi] < off) then
     marks[mi] = off
@@ -205,6 +226,7 @@ end
 
 local tails = {}
 for k = 1, NKEYS do
+  close_span(states[k])
   flush(states[k])
   tails[k] = states[k].tail or ''
 end
@@ -213,7 +235,7 @@ for mi, off in pairs(marks) do
   local cur = tonumber(redis.call('GET', mk))
   if cur == nil or cur < off then redis.call('SET', mk, string.format('%.0f', off)) end
 end
-return {concat(outcomes), concat(replays), tails}
+return {concat(outcomes), concat(refs), blocks, tails}
 """
 
 # u32 window key index, u32 marker key index, price, offset, ts, partition (see the script)
@@ -309,22 +331,23 @@ class WindowStore:
                 ) from None
             raise
         outcomes: bytes = reply[0]
-        return self._assemble(ticks, symbol_ids, outcomes, reply[1], reply[2])
+        return self._assemble(ticks, symbol_ids, outcomes, reply[1], reply[2], reply[3])
 
     def _assemble(
         self,
         ticks: Sequence[Tick],
         symbol_ids: list[int],
         outcomes: bytes,
-        replay_blob: bytes,
+        refs: bytes,
+        blocks: list[bytes],
         tails: list[bytes],
     ) -> WindowBatch:
         """Turn the script's reply into Windows with a few vectorised numpy steps.
 
         The prices of a symbol, (its stored tail, then the prices appended in this batch), form
         one block of `series`; the window of an appended tick is the W prices of its block that
-        end at it. Replayed windows come from the script as they are. Each Window holds a
-        read-only row of one matrix: no per-price Python objects.
+        end at it. A replayed window is W prices of one of the script's blocks. Each Window
+        holds a read-only row of a matrix: no per-price Python objects.
         """
         w = self.size
         codes = np.frombuffer(outcomes, dtype=np.uint8)
@@ -361,7 +384,14 @@ class WindowStore:
                 complete_rows = sliding_window_view(series, w)[ends - (w - 1)]
                 complete_rows.flags.writeable = False
 
-        replays = np.frombuffer(replay_blob, dtype="<f8").reshape(-1, w)
+        replay_rows = np.empty((0, w), dtype="<f8")
+        if refs:
+            ref = np.frombuffer(refs, dtype="<u4").reshape(-1, 2).astype(np.int64)
+            block_len = np.fromiter((len(b) // 8 for b in blocks), dtype=np.int64)
+            block_start = np.concatenate(([0], np.cumsum(block_len)[:-1]))
+            flat = np.frombuffer(b"".join(blocks), dtype="<f8")
+            replay_rows = sliding_window_view(flat, w)[block_start[ref[:, 0] - 1] + ref[:, 1]]
+            replay_rows.flags.writeable = False
         windows: list[Window] = []
         rejected: list[tuple[Tick, str]] = []
         i_complete = i_replay = 0
@@ -370,7 +400,7 @@ class WindowStore:
                 windows.append(Window(tick, complete_rows[i_complete], False))
                 i_complete += 1
             elif code == _REPLAYED:
-                windows.append(Window(tick, replays[i_replay], True))
+                windows.append(Window(tick, replay_rows[i_replay], True))
                 i_replay += 1
             elif code in _REJECTED:
                 rejected.append((tick, _REJECTED[code]))
