@@ -101,9 +101,12 @@ def test_one_round_trip_each_way(
     monkeypatch.setattr(redis_client, "pipeline", counting_pipeline)
 
     cache.put_many(items)
-    assert sent == [] and executes == [50]
+    # either one command (a script) or one pipeline execute: one round trip
+    assert len(sent) + len(executes) == 1
+    assert executes in ([], [50])
+    sent.clear()
     got = cache.get_many([d for d, _ in items])
-    assert sent == ["MGET"]
+    assert sent == ["MGET"] and len(executes) <= 1
     assert all(
         g is not None and g.tobytes() == o.tobytes() for g, (_, o) in zip(got, items, strict=True)
     )
