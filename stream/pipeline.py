@@ -69,9 +69,12 @@ class PredictorLike(Protocol):
     def predict_batch(self, windows: F64Array) -> F64Array: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BatchResult:
-    """What one batch produced. `counts` are tick outcomes: the store's plus `invalid`."""
+    """What one batch produced. `counts` are tick outcomes: the store's plus `invalid`.
+
+    Not frozen: the runner's protocol for it declares plain (settable) attributes.
+    """
 
     forecasts: list[Forecast]
     dead_letters: list[Rejected]
