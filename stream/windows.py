@@ -136,7 +136,22 @@ local function flush(st)
   redis.call('SETRANGE', st.key, 0,
     struct.pack('<ddddddd', 1, cap, st.count, st.lstart, st.lts, st.loff, st.lpart))
   st.pprice, st.poff, st.ptsp = {}, {}, {}
-  st.offs = nil
+  st.cfirst = nil
+end
+
+-- the source offset of entry `seq`, through a small cache of CHUNK consecutive entries: lookups
+-- are a binary search, then mostly the next entry (redeliveries come in offset order)
+local CHUNK = 64
+local function off_at(st, seq)
+  local cf = st.cfirst
+  if cf == nil or seq < cf or seq >= cf + st.clen then
+    local slot = seq % st.cap
+    local n = math.min(CHUNK, st.cap - slot)
+    local base = HDR + st.cap * 8 + slot * 8
+    st.chunk = redis.call('GETRANGE', st.key, base, base + n * 8 - 1)
+    st.cfirst, st.clen, cf = seq, n, seq
+  end
+  return (sunpack('<d', st.chunk, (seq - cf) * 8 + 1))
 end
 
 local function append(st, pos, ts, off, part)
@@ -158,26 +173,23 @@ end
 local function redelivered(st, ts, off)
   flush(st)
   local cap = st.cap
-  if st.offs == nil then
-    st.offs = redis.call('GETRANGE', st.key, HDR + cap * 8, HDR + cap * 16 - 1)
-  end
-  local offs = st.offs
-  local function off_at(seq) return (sunpack('<d', offs, (seq % cap) * 8 + 1)) end
   local oldest = math.max(0, st.count - cap)
   local lo, hi = math.max(oldest, st.lstart), st.count - 1
   local j
   -- redeliveries come in offset order: try the entry after the last one found first
-  if st.hint and st.hint + 1 >= lo and st.hint + 1 <= hi and off_at(st.hint + 1) == off then
-    j = st.hint + 1
+  local found
+  if st.hint and st.hint + 1 >= lo and st.hint + 1 <= hi and off_at(st, st.hint + 1) == off then
+    j, found = st.hint + 1, true
   else
-    if off_at(lo) > off then return 'o' end
+    if off_at(st, lo) > off then return 'o' end
     while lo < hi do -- the last entry at or below `off`; offsets increase within a lineage
       local mid = math.floor((lo + hi + 1) / 2)
-      if off_at(mid) <= off then lo = mid else hi = mid - 1 end
+      if off_at(st, mid) <= off then lo = mid else hi = mid - 1 end
     end
     j = lo
+    found = off_at(st, j) == off
   end
-  if off_at(j) == off then
+  if found then
     st.hint = j
     if j + 1 < W then return 'R' end
     local first = j - W + 1
