@@ -28,6 +28,17 @@ _UNAVAILABLE = (
 
 _F64 = np.dtype("<f8")
 
+#: KEYS[i]: cache key i; ARGV[1]: TTL in seconds; ARGV[i + 1]: the value for KEYS[i].
+#: One command instead of a pipeline of SETs: redis-py spends ~150 us per pipelined command in
+#: Python packing and parsing, which for a 1,000-window batch cost more than the model call.
+FILL_SCRIPT = """
+local ttl = ARGV[1]
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl)
+end
+return #KEYS
+"""
+
 
 def digest(prices: npt.NDArray[np.float64], horizon: int) -> str:
     """blake2b-128 of the window's float64 bytes and the horizon, as 32 hex chars.
@@ -59,6 +70,7 @@ class ForecastCache:
         self.horizon = horizon
         self.ttl_seconds = ttl_seconds
         self.enabled = enabled
+        self._fill = client.register_script(FILL_SCRIPT)
 
     def key(self, window_digest: str) -> str:
         return f"{self._prefix}:fc:{self.model_version}:{window_digest}"
@@ -81,14 +93,12 @@ class ForecastCache:
         return out
 
     def put_many(self, items: Sequence[tuple[str, npt.NDArray[np.float64]]]) -> None:
-        """Store outputs per digest with the TTL, in one pipelined round trip."""
+        """Store outputs per digest with the TTL, in one script call (one command, one reply)."""
         if not self.enabled or not items:
             return
-        pipe = self._client.pipeline(transaction=False)
-        for window_digest, outputs in items:
-            value = np.ascontiguousarray(outputs, dtype=_F64).tobytes()
-            pipe.set(self.key(window_digest), value, ex=self.ttl_seconds)
+        keys = [self.key(d) for d, _ in items]
+        values = [np.ascontiguousarray(o, dtype=_F64).tobytes() for _, o in items]
         try:
-            pipe.execute()
+            self._fill(keys=keys, args=[self.ttl_seconds, *values])
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis: cache fill failed: {exc}") from exc

@@ -5,9 +5,12 @@ One batch at a time, on the main thread:
     consume(max_batch) -> pipeline.process (Redis + model) -> produce forecasts and dead letters
     -> flush -> raise latched delivery errors -> commit offsets (or commit the transaction)
 
-Because a batch is committed before `consume` is called again, and librdkafka runs rebalance
-callbacks only inside `consume`, a revoke never finds uncommitted delivered work: it has nothing to
-finish. Failure paths:
+At-least-once commits are asynchronous but only ever for delivered output: a synchronous commit
+would put a broker round trip (~7 ms here) on every batch's latency. Offsets are cumulative, so a
+lost async commit is superseded by the next one; on revoke and on close the delivered offsets are
+committed synchronously, so a partition never moves with delivered work uncommitted. A batch is
+always finished before `consume` runs again (and with it the rebalance callbacks), so a revoke never
+finds a half-done batch. Failure paths:
 
 - Redis unreachable: the batch is retried with capped exponential backoff. `consume` is not called
   meanwhile, so fetching stops (in effect the partitions are paused); /readyz says not ready.
@@ -87,8 +90,10 @@ class Runner:
         self.latch = DeliveryLatch()
         self.stopping = False
         self.assignment: list[TopicPartition] = []
-        #: next offset to read per (topic, partition), as committed to the group
+        #: next offset to read per (topic, partition), as the group has it committed
         self.committed: dict[tuple[str, int], int] = {}
+        #: next offset per partition whose output is delivered (committed, or being committed)
+        self.delivered: dict[tuple[str, int], int] = {}
         self._last_lag_update = 0.0
 
     # ------------------------------------------------------------ lifecycle
@@ -119,9 +124,10 @@ class Runner:
         log.info("assigned partitions=%s", _names(partitions))
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Every batch is committed before consume() runs again, and this callback runs inside
-        # consume(): there is no finished-but-uncommitted work to flush here.
+        # This runs inside consume(), so no batch is half done; make the async commits of what
+        # was delivered certain before another consumer takes these partitions.
         self.metrics.rebalances.labels(kind="revoke").inc()
+        self.commit_delivered(partitions)
         self._forget(partitions)
         log.info("revoked partitions=%s", _names(partitions))
 
@@ -135,6 +141,7 @@ class Runner:
         self.assignment = [tp for tp in self.assignment if (tp.topic, tp.partition) not in gone]
         for topic, part in gone:
             self.committed.pop((topic, part), None)
+            self.delivered.pop((topic, part), None)
             try:
                 self.metrics.consumer_lag.remove(topic, str(part))
             except KeyError:
@@ -157,8 +164,41 @@ class Runner:
                 self._update_lag()
         finally:
             self.producer.flush(self.config.delivery_timeout_s)
+            self.commit_delivered(self.assignment)
             self.consumer.close()
             log.info("stopped: consumer closed, all delivered batches committed")
+
+    def on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """Async commit result (called from consume on this thread)."""
+        if err is not None:
+            # The next batch's commit carries these offsets too; count it, do not stop.
+            self.metrics.kafka_errors.labels(code=err.name()).inc()
+            log.warning("offset commit failed: %s", err.str())
+            return
+        for tp in partitions:
+            if tp.error is None and tp.offset >= 0:
+                self.committed[(tp.topic, tp.partition)] = tp.offset
+
+    def commit_delivered(self, partitions: list[TopicPartition]) -> None:
+        """Synchronously commit the delivered offsets of `partitions` (at-least-once only)."""
+        if self.config.exactly_once:
+            return  # offsets went with each transaction
+        wanted = {(tp.topic, tp.partition) for tp in partitions}
+        offsets = [
+            TopicPartition(t, p, o)
+            for (t, p), o in self.delivered.items()
+            if (t, p) in wanted and self.committed.get((t, p)) != o
+        ]
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            self.metrics.kafka_errors.labels(code="commit").inc()
+            log.warning("final offset commit failed: %s", exc)
+            return
+        for tp in offsets:
+            self.committed[(tp.topic, tp.partition)] = tp.offset
 
     def _next_batch(self) -> list[Message]:
         """Whatever is queued, up to max_batch, without waiting for a full batch.
@@ -254,10 +294,12 @@ class Runner:
             if remaining:
                 raise DeliveryError(f"{remaining} messages not delivered within the timeout")
             commit_started = time.perf_counter()
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(offsets=offsets, asynchronous=True)
         done = time.perf_counter()
         for tp in offsets:
-            self.committed[(tp.topic, tp.partition)] = tp.offset
+            self.delivered[(tp.topic, tp.partition)] = tp.offset
+            if self.config.exactly_once:
+                self.committed[(tp.topic, tp.partition)] = tp.offset
         self.metrics.batch_seconds.labels(stage="produce").observe(commit_started - produce_started)
         self.metrics.batch_seconds.labels(stage="commit").observe(done - commit_started)
 

@@ -118,8 +118,12 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         exactly_once=exactly_once,
         redis_retry_max_s=settings.processing.redis_retry_max_s,
     )
-    consumer = Consumer(consumer_config(settings))
+    runner_ref: list[Runner] = []
+    consumer = Consumer(
+        {**consumer_config(settings), "on_commit": lambda err, tps: runner_ref[0].on_commit(err, tps)}
+    )
     runner = Runner(config, consumer, producer, pipeline, metrics, health)
+    runner_ref.append(runner)
     consumer.subscribe(
         [settings.topics.ticks],
         on_assign=runner.on_assign,

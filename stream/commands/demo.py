@@ -44,7 +44,7 @@ def _say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def _services(settings: config.Settings) -> dict[str, str]:
+def ensure_services(settings: config.Settings) -> dict[str, str]:
     """Environment overrides pointing at services that answer (starting local ones if needed)."""
     from stream import localinfra
     from stream.errors import UnreachableError
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     base = config.load(args.config)
     _say("1/5 Kafka and Redis")
-    env = _services(config.load(args.config))
+    env = ensure_services(config.load(args.config))
     run_id = uuid.uuid4().hex[:8]
     metrics_port = _free_port()
     env.update(

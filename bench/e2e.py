@@ -1,0 +1,349 @@
+"""`tickcast bench e2e`: the real service against the model alone, on the same windows.
+
+1. Replay T ticks over S symbols (default 200,000 over 100, the real gold series rotated and scaled
+   per symbol) into a fresh topic.
+2. Model-only ceiling: the predictor alone on exactly the windows the service will see, in batches
+   of `processing.max_batch`: windows/s.
+3. Throughput, R runs: a fresh `tickcast run` process (new group, new Redis prefix, so every window
+   is new and every cache lookup misses) consumes the whole topic. Cold start to /readyz, ready to
+   the last forecast, forecasts/s and ticks/s, per-stage time from its own metrics, peak RSS.
+4. Latency: a fresh service; the symbols' windows warmed first, then ticks paced at --rate
+   (default 1,000/s); tick produce to forecast receipt, measured by a reader on the same clock.
+
+Medians over the runs; ratios against the ceiling measured in the same invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ticks", type=int, default=200_000)
+    parser.add_argument("--symbols", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=3, help="throughput runs (median reported)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="paced ticks/s for latency")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--out", default="bench/results", help="folder for the JSON result")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # noqa: S310
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("tickcast_"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def _sum(metrics: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in metrics.items() if k.startswith(prefix))
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class _Service:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = _free_port()
+        self.env = {**os.environ, **env, "TICKCAST_METRICS__PORT": str(self.port)}
+        self.log = log
+
+    def start(self) -> float:
+        """Spawn `tickcast run`; returns seconds from spawn to /readyz answering 200."""
+        t0 = time.perf_counter()
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stream.cli", "run"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tickcast run exited {self.proc.returncode}; see {self.log}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:  # noqa: S310
+                    if r.status == 200:
+                        return time.perf_counter() - t0
+            except OSError:
+                pass
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    from models.data import GOLD_CSV, load_prices
+    from stream import config
+    from stream.commands.demo import ensure_services
+    from stream.feed import ticks
+    from stream.kafka import ensure_topics
+    from stream.predictor import load_predictor
+
+    console = Console()
+    os.environ.update(ensure_services(config.load(args.config)))
+    settings = config.load(args.config)
+    window = settings.window.size
+    bench_id = uuid.uuid4().hex[:8]
+    logs = Path(os.environ.get("TICKCAST_LOCAL_DIR", ".local")) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    # ---------------------------------------------------------------- 1. the feed
+    rows = args.ticks // args.symbols
+    series = load_prices(GOLD_CSV)
+    feed = list(ticks(series.dates, series.prices, args.symbols, "BENCH", rows))
+    topic = f"bench-{bench_id}.ticks"
+    ensure_topics(settings, [topic])
+    produce_s = _produce_all(settings, topic, [(m.key, m.value) for m in feed])
+    console.print(f"replayed {len(feed):,} ticks over {args.symbols} symbols in {produce_s:.1f} s")
+
+    # ---------------------------------------------------------------- 2. the ceiling
+    per_symbol: dict[str, list[float]] = {}
+    windows = []
+    for m in feed:
+        obj = orjson.loads(m.value)
+        prices = per_symbol.setdefault(obj["symbol"], [])
+        prices.append(obj["price"])
+        if len(prices) >= window:
+            windows.append(prices[-window:])
+    stacked = np.asarray(windows, dtype=np.float64)
+    predictor = load_predictor(settings.model, window)
+    step = settings.processing.max_batch
+    predictor.predict_batch(stacked[:step])  # warm-up
+    ceiling_runs = []
+    for _ in range(max(args.runs, 3)):
+        t0 = time.perf_counter()
+        for i in range(0, len(stacked), step):
+            predictor.predict_batch(stacked[i : i + step])
+        ceiling_runs.append(len(stacked) / (time.perf_counter() - t0))
+    ceiling = statistics.median(ceiling_runs)
+    console.print(f"model-only ceiling: {ceiling:,.0f} windows/s (batches of {step})")
+
+    # ---------------------------------------------------------------- 3. throughput
+    expected = len(windows)
+    runs: list[dict[str, Any]] = []
+    for r in range(args.runs):
+        run_id = f"{bench_id}-{r}"
+        env = _env(topic, run_id)
+        ensure_topics(settings, [env["TICKCAST_TOPICS__FORECASTS"], env["TICKCAST_TOPICS__DEAD_LETTER"]])
+        svc = _Service(env, logs / f"bench-{run_id}.log")
+        ready_s = svc.start()
+        t0 = time.perf_counter()
+        try:
+            while True:
+                m = _scrape(svc.port)
+                if _sum(m, "tickcast_forecasts_total") >= expected:
+                    break
+                if time.perf_counter() - t0 > 600:
+                    raise RuntimeError(f"run {r}: only {_sum(m, 'tickcast_forecasts_total'):.0f} forecasts in 600 s")
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - t0
+            stages = {
+                k.split('stage="')[1].split('"')[0]: v
+                for k, v in m.items()
+                if k.startswith("tickcast_batch_seconds_sum")
+            }
+            rss = _peak_rss_mb(svc.proc.pid)
+        finally:
+            svc.stop()
+        runs.append(
+            {
+                "ready_s": ready_s,
+                "seconds": elapsed,
+                "ticks_per_s": len(feed) / elapsed,
+                "forecasts_per_s": expected / elapsed,
+                "stages": stages,
+                "peak_rss_mb": rss,
+            }
+        )
+        console.print(
+            f"run {r + 1}/{args.runs}: {len(feed) / elapsed:,.0f} ticks/s, {expected / elapsed:,.0f} forecasts/s, "
+            f"ready in {ready_s:.2f} s, peak RSS {rss:.0f} MB"
+        )
+
+    # ---------------------------------------------------------------- 4. latency
+    latency = _latency(settings, bench_id, args, series, logs)
+
+    med = {k: statistics.median(r[k] for r in runs) for k in ("ready_s", "ticks_per_s", "forecasts_per_s", "peak_rss_mb")}
+    stage_total = statistics.median(r["stages"].get("total", 0.0) for r in runs)
+    table = Table(title=f"tickcast bench e2e ({len(feed):,} ticks, {args.symbols} symbols, {args.runs} runs, medians)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("target", justify="right")
+    table.add_row("model-only ceiling", f"{ceiling:,.0f} windows/s", "")
+    table.add_row("service, sustained", f"{med['forecasts_per_s']:,.0f} forecasts/s ({med['ticks_per_s']:,.0f} ticks/s)", "")
+    table.add_row("ratio to ceiling", f"{med['forecasts_per_s'] / ceiling:.0%}", ">= 75%")
+    table.add_row(f"tick-to-forecast p50 at {args.rate:,.0f}/s", f"{latency['p50_ms']:.1f} ms", "<= 5 ms")
+    table.add_row(f"tick-to-forecast p99 at {args.rate:,.0f}/s", f"{latency['p99_ms']:.1f} ms", "<= 25 ms")
+    table.add_row("cold start to ready", f"{med['ready_s']:.2f} s", "<= 3 s")
+    table.add_row("peak RSS", f"{med['peak_rss_mb']:.0f} MB", "<= 400 MB")
+    for stage in ("decode", "window", "cache", "inference", "produce", "commit"):
+        share = statistics.median(r["stages"].get(stage, 0.0) for r in runs) / stage_total if stage_total else 0
+        table.add_row(f"  time in {stage}", f"{share:.0%}", "")
+    console.print(table)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "ticks": len(feed),
+        "symbols": args.symbols,
+        "windows": expected,
+        "ceiling_windows_per_s": ceiling,
+        "ceiling_runs": ceiling_runs,
+        "runs": runs,
+        "median": med,
+        "latency": latency,
+    }
+    path = out / f"e2e-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    console.print(f"saved {path}")
+    return 0
+
+
+def _env(ticks_topic: str, run_id: str) -> dict[str, str]:
+    return {
+        "TICKCAST_TOPICS__TICKS": ticks_topic,
+        "TICKCAST_TOPICS__FORECASTS": f"bench-{run_id}.forecasts",
+        "TICKCAST_TOPICS__DEAD_LETTER": f"bench-{run_id}.dlq",
+        "TICKCAST_KAFKA__GROUP_ID": f"bench-{run_id}",
+        "TICKCAST_REDIS__KEY_PREFIX": f"bench-{run_id}",
+    }
+
+
+def _produce_all(settings: Any, topic: str, messages: list[tuple[bytes | None, bytes]]) -> float:
+    from confluent_kafka import Producer
+
+    from stream.kafka import producer_config
+
+    producer = Producer(producer_config(settings))
+    t0 = time.perf_counter()
+    for key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(120):
+        raise RuntimeError("replay not delivered within 120 s")
+    return time.perf_counter() - t0
+
+
+def _latency(settings: Any, bench_id: str, args: argparse.Namespace, series: Any, logs: Path) -> dict[str, float]:
+    """Warm the windows, then pace ticks and time each from produce to forecast receipt."""
+    import numpy as np
+    import orjson
+    from confluent_kafka import Consumer, Producer
+
+    from stream.contracts import decode_forecast
+    from stream.feed import ticks
+    from stream.kafka import ensure_topics, producer_config
+
+    run_id = f"{bench_id}-lat"
+    topic = f"bench-{run_id}.ticks"
+    env = _env(topic, run_id)
+    ensure_topics(settings, [topic, env["TICKCAST_TOPICS__FORECASTS"], env["TICKCAST_TOPICS__DEAD_LETTER"]])
+    paced_rows = int(args.rate * args.latency_seconds / args.symbols) + 1
+    # One full window per symbol before timing, so the service's first forecast produce (metadata,
+    # producer id) and the reader's first fetch are not measured as latency.
+    warm_rows = settings.window.size
+    feed = list(ticks(series.dates, series.prices, args.symbols, "LAT", warm_rows + paced_rows))
+    warm, paced = feed[: warm_rows * args.symbols], feed[warm_rows * args.symbols :]
+
+    svc = _Service(env, logs / f"bench-{run_id}.log")
+    svc.start()
+    sent_at: dict[tuple[str, int], float] = {}
+    latencies: list[float] = []
+    done = threading.Event()
+
+    reader = Consumer(
+        {
+            **settings.kafka.librdkafka_common(),
+            "group.id": f"bench-reader-{run_id}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    reader.subscribe([env["TICKCAST_TOPICS__FORECASTS"]])
+    while not reader.assignment():
+        reader.poll(0.1)
+
+    def read() -> None:
+        while not done.is_set() or len(latencies) < len(paced):
+            # poll, not consume(n, timeout): consume waits for n messages or the whole timeout,
+            # which would be measured as latency.
+            msg = reader.poll(0.05)
+            if msg is not None and not msg.error():
+                now = time.time()
+                f = decode_forecast(msg.value())
+                t = sent_at.get((f.symbol, f.ts))
+                if t is not None:
+                    latencies.append(now - t)
+            if done.is_set() and time.time() - last_sent[0] > 10:
+                break
+
+    last_sent = [time.time()]
+    thread = threading.Thread(target=read, daemon=True)
+    try:
+        _produce_all(settings, topic, [(m.key, m.value) for m in warm])
+        time.sleep(2.0)  # let the service apply the warm-up before timing
+        thread.start()
+        producer = Producer({**producer_config(settings), "linger.ms": 0})
+        start = time.perf_counter()
+        for i, m in enumerate(paced):
+            ahead = start + i / args.rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
+            sent_at[(m.symbol or "", orjson.loads(m.value)["ts"])] = time.time()
+            producer.produce(topic, value=m.value, key=m.key)
+            producer.poll(0)
+        producer.flush(30)
+        last_sent[0] = time.time()
+        done.set()
+        thread.join(30)
+    finally:
+        reader.close()
+        svc.stop()
+    ms = np.array(latencies) * 1000
+    return {
+        "ticks": len(paced),
+        "measured": len(latencies),
+        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+        "max_ms": float(ms.max()) if len(ms) else float("nan"),
+    }
