@@ -10,13 +10,20 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from models.data import GOLD_CSV, load_prices
+from stream.feed import ticks
+
 ROOT = Path(__file__).resolve().parents[2]
+W = 60
 
 
 def free_port() -> int:
@@ -114,7 +121,9 @@ class Service:
 
 
 def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+    )
     n = 0
     for key, value in messages:
         producer.produce(topic, key=key, value=value)
@@ -163,14 +172,36 @@ def read_topic(
 
 def group_lag(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
     """High watermark minus committed offset per partition, from Kafka itself."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         committed = consumer.committed(tps, timeout=10)
         lag = {}
         for tp in committed:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, tp.partition), timeout=10
+            )
             lag[tp.partition] = high - (tp.offset if tp.offset >= 0 else low)
         return lag
     finally:
         consumer.close()
+
+
+def gold_feed(symbols: int, rows: int) -> list[tuple[bytes | None, bytes]]:
+    series = load_prices(GOLD_CSV).tail(3000)
+    return [(m.key, m.value) for m in ticks(series.dates, series.prices, symbols, "XAU", rows)]
+
+
+def expected_windows(feed: list[tuple[bytes | None, bytes]]) -> dict[tuple[str, int], np.ndarray]:
+    """(symbol, ts) -> the 60 prices ending at that tick, from the feed itself."""
+    history: dict[str, list[float]] = defaultdict(list)
+    out = {}
+    for _, value in feed:
+        obj = orjson.loads(value)
+        prices = history[obj["symbol"]]
+        prices.append(float(obj["price"]))
+        if len(prices) >= W:
+            out[(obj["symbol"], obj["ts"])] = np.array(prices[-W:], dtype=np.float64)
+    return out

@@ -6,89 +6,15 @@ import math
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
-import orjson
 import pytest
 
-from models.data import GOLD_CSV, load_prices
-from stream.config import ModelSettings
 from stream.contracts import Forecast, decode_forecast
-from stream.feed import BAD_MESSAGES, bad_message, ticks
-from stream.predictor import load_predictor
-from tests.e2e.harness import Service, group_lag, produce, read_topic
+from stream.feed import BAD_MESSAGES, bad_message
+from tests.e2e.harness import W, expected_windows, gold_feed, group_lag, produce, read_topic
 
 pytestmark = pytest.mark.e2e
-
-W = 60
-
-
-@pytest.fixture(scope="module")
-def predictor():  # type: ignore[no-untyped-def]
-    return load_predictor(ModelSettings(), W)
-
-
-@pytest.fixture
-def setup(
-    kafka_bootstrap: str,
-    redis_url: str,
-    topic_factory: Callable[..., str],
-    key_prefix: str,
-    unique: str,
-    tmp_path: Path,
-) -> Iterator[Callable[..., Service]]:
-    """Make services that share this test's topics, group and key prefix."""
-    partitions = 4
-    topics = {
-        "ticks": topic_factory("ticks", partitions),
-        "forecasts": topic_factory("forecasts", partitions),
-        "dlq": topic_factory("dlq", 1),
-    }
-    made: list[Service] = []
-
-    def make(**overrides: str) -> Service:
-        env = {
-            "TICKCAST_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "TICKCAST_KAFKA__GROUP_ID": f"g-{unique}",
-            "TICKCAST_KAFKA__SESSION_TIMEOUT_MS": "6000",
-            "TICKCAST_KAFKA__INSTANCE_ID": f"i{len(made)}-{unique}",
-            "TICKCAST_TOPICS__TICKS": topics["ticks"],
-            "TICKCAST_TOPICS__FORECASTS": topics["forecasts"],
-            "TICKCAST_TOPICS__DEAD_LETTER": topics["dlq"],
-            "TICKCAST_REDIS__URL": redis_url,
-            "TICKCAST_REDIS__KEY_PREFIX": key_prefix,
-            **overrides,
-        }
-        svc = Service(env=env, log=tmp_path / f"run-{len(made)}.log")
-        made.append(svc)
-        return svc
-
-    make.topics = topics  # type: ignore[attr-defined]
-    make.partitions = partitions  # type: ignore[attr-defined]
-    make.group = f"g-{unique}"  # type: ignore[attr-defined]
-    yield make
-    for svc in made:
-        svc.stop()
-
-
-def gold_feed(symbols: int, rows: int) -> list[tuple[bytes | None, bytes]]:
-    series = load_prices(GOLD_CSV).tail(3000)
-    return [(m.key, m.value) for m in ticks(series.dates, series.prices, symbols, "XAU", rows)]
-
-
-def expected_windows(feed: list[tuple[bytes | None, bytes]]) -> dict[tuple[str, int], np.ndarray]:
-    """(symbol, ts) -> the 60 prices ending at that tick, from the feed itself."""
-    history: dict[str, list[float]] = defaultdict(list)
-    out = {}
-    for _, value in feed:
-        obj = orjson.loads(value)
-        prices = history[obj["symbol"]]
-        prices.append(float(obj["price"]))
-        if len(prices) >= W:
-            out[(obj["symbol"], obj["ts"])] = np.array(prices[-W:], dtype=np.float64)
-    return out
 
 
 def forecasts_of(records) -> list[Forecast]:  # type: ignore[no-untyped-def]
@@ -124,7 +50,7 @@ def test_every_full_window_gives_the_predictors_forecast(setup, kafka_bootstrap,
         assert key == f.symbol.encode()
         assert dict(headers)["model-version"] == predictor.version.encode()
         assert dict(headers)["source-offset"] == str(f.source_offset).encode()
-    assert svc.metric('tickcast_forecasts_total') == len(windows)
+    assert svc.metric("tickcast_forecasts_total") == len(windows)
     assert svc.metric('tickcast_ticks_total{outcome="warming"}') == 5 * (W - 1)
 
 
@@ -169,13 +95,18 @@ def _fields(f: Forecast) -> tuple[object, ...]:
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
 def test_sigkill_and_restart_lose_nothing(setup, kafka_bootstrap, predictor, guarantee) -> None:  # type: ignore[no-untyped-def]
     # Small batches so the kill lands mid-stream, between commits.
-    overrides = {"TICKCAST_PROCESSING__GUARANTEE": guarantee, "TICKCAST_PROCESSING__MAX_BATCH": "50"}
+    overrides = {
+        "TICKCAST_PROCESSING__GUARANTEE": guarantee,
+        "TICKCAST_PROCESSING__MAX_BATCH": "50",
+    }
     feed = gold_feed(symbols=8, rows=400)
     windows = expected_windows(feed)
     first = setup(**overrides).start()
     produce(kafka_bootstrap, setup.topics["ticks"], feed)
     deadline = time.monotonic() + 60
-    while first.metric("tickcast_forecasts_total") < len(windows) // 4 and time.monotonic() < deadline:
+    while (
+        first.metric("tickcast_forecasts_total") < len(windows) // 4 and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     first.signal(signal.SIGKILL)
     first.wait(10)
@@ -183,7 +114,9 @@ def test_sigkill_and_restart_lose_nothing(setup, kafka_bootstrap, predictor, gua
     second = setup(**overrides)
     second.env["TICKCAST_KAFKA__INSTANCE_ID"] = first.env["TICKCAST_KAFKA__INSTANCE_ID"]
     second.start()
-    records = read_topic(kafka_bootstrap, setup.topics["forecasts"], len(windows), timeout=90, settle=3.0)
+    records = read_topic(
+        kafka_bootstrap, setup.topics["forecasts"], len(windows), timeout=90, settle=3.0
+    )
     forecasts = forecasts_of(records)
     grouped = _by_key(forecasts)
 
@@ -204,7 +137,9 @@ def test_sigterm_drains_commits_and_exits_zero(setup, kafka_bootstrap) -> None: 
     # The lag gauge agrees with what Kafka's own committed offsets and watermarks give.
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        kafka_view = group_lag(kafka_bootstrap, setup.group, setup.topics["ticks"], setup.partitions)
+        kafka_view = group_lag(
+            kafka_bootstrap, setup.group, setup.topics["ticks"], setup.partitions
+        )
         ours = {
             int(k.split('partition="')[1].split('"')[0]): v
             for k, v in svc.metric_samples("tickcast_consumer_lag{").items()
@@ -219,7 +154,12 @@ def test_sigterm_drains_commits_and_exits_zero(setup, kafka_bootstrap) -> None: 
     svc.signal(signal.SIGTERM)
     assert svc.wait(10) == 0
     assert time.monotonic() - started < 10
-    assert all(v == 0 for v in group_lag(kafka_bootstrap, setup.group, setup.topics["ticks"], setup.partitions).values())
+    assert all(
+        v == 0
+        for v in group_lag(
+            kafka_bootstrap, setup.group, setup.topics["ticks"], setup.partitions
+        ).values()
+    )
 
 
 def test_two_consumers_in_one_group_share_the_partitions(setup, kafka_bootstrap) -> None:  # type: ignore[no-untyped-def]
@@ -228,7 +168,10 @@ def test_two_consumers_in_one_group_share_the_partitions(setup, kafka_bootstrap)
     b.wait_ready(60)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        shares = (a.metric("tickcast_assigned_partitions"), b.metric("tickcast_assigned_partitions"))
+        shares = (
+            a.metric("tickcast_assigned_partitions"),
+            b.metric("tickcast_assigned_partitions"),
+        )
         if shares[0] > 0 and shares[1] > 0 and sum(shares) == setup.partitions:
             break
         time.sleep(0.3)
@@ -236,6 +179,8 @@ def test_two_consumers_in_one_group_share_the_partitions(setup, kafka_bootstrap)
     feed = gold_feed(symbols=8, rows=100)
     windows = expected_windows(feed)
     produce(kafka_bootstrap, setup.topics["ticks"], feed)
-    forecasts = forecasts_of(read_topic(kafka_bootstrap, setup.topics["forecasts"], len(windows), settle=2.0))
+    forecasts = forecasts_of(
+        read_topic(kafka_bootstrap, setup.topics["forecasts"], len(windows), settle=2.0)
+    )
     assert sorted((f.symbol, f.ts) for f in forecasts) == sorted(windows)
     assert a.metric("tickcast_forecasts_total") > 0 and b.metric("tickcast_forecasts_total") > 0
