@@ -7,9 +7,9 @@ byte ranges and an append copies the tick's bytes as they came:
     [0, 56)              header: 7 little-endian float64: layout version (1), capacity C,
                          count (entries ever appended), lineage start (seq of the first entry of
                          the current partition), last ts, last offset, last partition
-    [56, 56 + 8C)        prices            (float64, slot = seq mod C)
-    then 8C bytes        source offsets    (float64; binary-searched on redelivery)
-    then 16C bytes       event ts, source partition (float64 pairs)
+    [56, 56 + 8C)        prices (float64, slot = seq mod C): a window is a contiguous range
+    then 24C bytes       per slot: source offset, event ts, source partition (float64 each),
+                         the tick's own bytes from the script's input
 
 Every number is a float64 because Redis Lua numbers are doubles; event times are limited to
 +-2**53 at decode for the same reason, offsets and partitions never get near it. The capacity is
@@ -79,7 +79,7 @@ for k = 1, NKEYS do
   local key = KEYS[k]
   local h = redis.call('GETRANGE', key, 0, HDR - 1)
   local st = {key = key, count = 0, lstart = 0, cap = NEWCAP,
-              pprice = {}, poff = {}, ptsp = {}}
+              pprice = {}, pmeta = {}}
   if #h == HDR then
     local version
     version, st.cap, st.count, st.lstart, st.lts, st.loff, st.lpart = sunpack('<ddddddd', h)
@@ -125,7 +125,7 @@ local function flush(st)
   local skip = math.max(0, n - cap) -- more appends than slots: the older ones are overwritten
   local slot = (st.pfirst + skip) % cap
   local n1 = math.min(n - skip, cap - slot)
-  local regions = {{st.pprice, HDR, 8}, {st.poff, HDR + cap * 8, 8}, {st.ptsp, HDR + cap * 16, 16}}
+  local regions = {{st.pprice, HDR, 8}, {st.pmeta, HDR + cap * 8, 24}}
   for _, r in ipairs(regions) do
     local t, base, width = r[1], r[2], r[3]
     redis.call('SETRANGE', st.key, base + slot * width, concat(t, '', skip + 1, skip + n1))
@@ -135,23 +135,25 @@ local function flush(st)
   end
   redis.call('SETRANGE', st.key, 0,
     struct.pack('<ddddddd', 1, cap, st.count, st.lstart, st.lts, st.loff, st.lpart))
-  st.pprice, st.poff, st.ptsp = {}, {}, {}
+  st.pprice, st.pmeta = {}, {}
   st.cfirst = nil
 end
 
--- the source offset of entry `seq`, through a small cache of CHUNK consecutive entries: lookups
--- are a binary search, then mostly the next entry (redeliveries come in offset order)
-local CHUNK = 64
+-- the source offset of entry `seq`, through a small cache of up to CHUNK entries around it:
+-- a lookup probes near the newest entries first, then mostly asks for the next one
+local CHUNK = 32
 local function off_at(st, seq)
   local cf = st.cfirst
   if cf == nil or seq < cf or seq >= cf + st.clen then
     local slot = seq % st.cap
-    local n = math.min(CHUNK, st.cap - slot)
-    local base = HDR + st.cap * 8 + slot * 8
-    st.chunk = redis.call('GETRANGE', st.key, base, base + n * 8 - 1)
-    st.cfirst, st.clen, cf = seq, n, seq
+    local first = math.max(0, slot - CHUNK / 2)  -- slots, never across the end of the ring
+    local n = math.min(st.cap, slot + CHUNK / 2) - first
+    local base = HDR + st.cap * 8 + first * 24
+    st.chunk = redis.call('GETRANGE', st.key, base, base + n * 24 - 1)
+    cf = seq - (slot - first)
+    st.cfirst, st.clen = cf, n
   end
-  return (sunpack('<d', st.chunk, (seq - cf) * 8 + 1))
+  return (sunpack('<d', st.chunk, (seq - cf) * 24 + 1))
 end
 
 local function append(st, pos, ts, off, part)
@@ -162,8 +164,7 @@ local function append(st, pos, ts, off, part)
   local i = #st.pprice + 1
   if i == 1 then st.pfirst = st.count end
   st.pprice[i] = sub(BLOB, pos + 8, pos + 15)
-  st.poff[i] = sub(BLOB, pos + 16, pos + 23)
-  st.ptsp[i] = sub(BLOB, pos + 24, pos + 39)
+  st.pmeta[i] = sub(BLOB, pos + 16, pos + 39)
   st.count = st.count + 1
   st.lts, st.loff, st.lpart = ts, off, part
   if st.count >= W then return 'p' end
@@ -175,14 +176,22 @@ local function redelivered(st, ts, off)
   local cap = st.cap
   local oldest = math.max(0, st.count - cap)
   local lo, hi = math.max(oldest, st.lstart), st.count - 1
-  local j
+  local j, found
   -- redeliveries come in offset order: try the entry after the last one found first
-  local found
   if st.hint and st.hint + 1 >= lo and st.hint + 1 <= hi and off_at(st, st.hint + 1) == off then
     j, found = st.hint + 1, true
   else
-    if off_at(st, lo) > off then return 'o' end
-    while lo < hi do -- the last entry at or below `off`; offsets increase within a lineage
+    -- the last entry at or below `off` (offsets increase within a lineage): gallop back from
+    -- the newest entry, since redeliveries are recent, then bisect
+    local b, step = hi, 1
+    while off_at(st, b) > off do
+      if b == lo then return 'o' end
+      hi = b - 1
+      b = math.max(lo, b - step)
+      step = step * 2
+    end
+    lo = b
+    while lo < hi do
       local mid = math.floor((lo + hi + 1) / 2)
       if off_at(st, mid) <= off then lo = mid else hi = mid - 1 end
     end
@@ -207,7 +216,7 @@ local function redelivered(st, ts, off)
     return 'r'
   end
   -- rejected the first time: the entry before it was the last one then
-  local at = HDR + cap * 16 + (j % cap) * 16
+  local at = HDR + cap * 8 + (j % cap) * 24 + 8
   local tj = sunpack('<d', redis.call('GETRANGE', st.key, at, at + 7))
   if ts < tj then return 'l' elseif ts == tj then return 'd' end
   return 'o'
