@@ -37,6 +37,12 @@ _STORE_DETAIL = {
 }
 
 
+def _position(m: RawMessage) -> tuple[int, int]:
+    """(partition, offset) as decode_batch gives them to the Tick (-1 where missing)."""
+    partition, offset = m.partition(), m.offset()
+    return (-1 if partition is None else partition, -1 if offset is None else offset)
+
+
 class WindowBatchLike(Protocol):
     @property
     def windows(self) -> list[Window]: ...
@@ -128,7 +134,7 @@ class Pipeline:
         counts["invalid"] = len(dead_letters)
         if batch.rejected and self.late_policy == "dead_letter":
             # The dead letter carries the message exactly as it arrived.
-            by_position = {(m.partition(), m.offset()): m for m in messages}
+            by_position = {_position(m): m for m in messages}
             for tick, reason in batch.rejected:
                 m = by_position[(tick.partition, tick.offset)]
                 dead_letters.append(
