@@ -309,3 +309,35 @@ def test_window_holds_a_read_only_view() -> None:
     w = Window(Tick("A", 5.0, 1, 0, 0), prices, replayed=False)
     assert w.prices[-1] == w.tick.price
     assert not w.prices.flags.writeable
+
+
+@given(
+    obj=st.dictionaries(
+        st.sampled_from(["symbol", "price", "ts", "x"]),
+        st.one_of(
+            json_values,
+            symbols,
+            st.integers(min_value=-(2**64), max_value=2**64),
+            st.floats(allow_nan=False, allow_infinity=False),
+        ),
+        max_size=4,
+    )
+)
+def test_fast_path_agrees_with_the_checks(obj: dict[str, object]) -> None:
+    """decode_batch accepts well-formed ticks without _fields; it must agree with _fields."""
+    import json
+
+    from stream.contracts import _fields, _Invalid
+
+    value = json.dumps(obj).encode()
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return  # NaN/Infinity: covered by the rejection tests
+    ticks, rejected = decode_batch([SourceMessage(value, None)], MAX)
+    try:
+        symbol, price, ts = _fields(parsed)
+    except _Invalid as bad:
+        assert [r.reason for r in rejected] == [bad.reason]
+    else:
+        assert [(t.symbol, t.price, t.ts) for t in ticks] == [(symbol, price, ts)]
