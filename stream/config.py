@@ -10,7 +10,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -108,6 +116,8 @@ class ProcessingSettings(_Section):
     max_batch: int = Field(default=1000, ge=1, le=100_000)
     poll_timeout_s: float = Field(default=0.2, gt=0, le=1.0)
     max_message_bytes: int = Field(default=65_536, ge=64, le=10_485_760)
+    #: at-least-once batches published and awaiting delivery reports while the next is processed
+    max_in_flight: int = Field(default=2, ge=1, le=16)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     redis_retry_max_s: float = Field(default=5.0, gt=0)
 
@@ -135,6 +145,18 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     processing: ProcessingSettings = ProcessingSettings()
     metrics: MetricsSettings = MetricsSettings()
+
+    @model_validator(mode="after")
+    def _history_covers_uncommitted_span(self) -> Settings:
+        # After a crash, up to max_in_flight batches are redelivered; a redelivered tick must still
+        # find its window in the history, or it is skipped as too_old.
+        span = self.processing.max_batch * self.processing.max_in_flight
+        if self.window.history < span:
+            raise ValueError(
+                f"window.history ({self.window.history}) must be at least processing.max_batch x"
+                f" processing.max_in_flight ({span}), the ticks a crash can redeliver"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -200,6 +222,8 @@ def _describe(error: dict[str, Any], env: dict[str, str], file: Path | None) -> 
     origin = f" (from {var})" if var in {k.upper() for k in env} else f" (in {file})" if file else ""
     if error["type"] == "extra_forbidden":
         return f"unknown key {loc}{origin}"
+    if not error["loc"]:  # a rule across keys; its message names them
+        return str(error["msg"]).removeprefix("Value error, ")
     return f"{loc}: {error['msg']}, got {error.get('input')!r}{origin}"
 
 

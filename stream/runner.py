@@ -5,19 +5,21 @@ One batch at a time, on the main thread:
     consume(max_batch) -> pipeline.process (Redis + model) -> produce forecasts and dead letters
     -> flush -> raise latched delivery errors -> commit offsets (or commit the transaction)
 
-At-least-once commits are asynchronous but only ever for delivered output: a synchronous commit
-would put a broker round trip (~7 ms here) on every batch's latency. Offsets are cumulative, so a
-lost async commit is superseded by the next one; on revoke and on close the delivered offsets are
-committed synchronously, so a partition never moves with delivered work uncommitted. A batch is
-always finished before `consume` runs again (and with it the rebalance callbacks), so a revoke never
-finds a half-done batch. Failure paths:
+At-least-once: a published batch is not waited for. Up to `max_in_flight` batches may await their
+delivery reports while the next one is processed; batches are committed in order, each only once
+every one of its messages is acknowledged (never ahead of delivery). Commits are asynchronous (a
+synchronous one put a ~7 ms broker round trip on every batch); offsets are cumulative, so a lost
+async commit is superseded by the next; on revoke and on close the producer is flushed and the
+delivered offsets are committed synchronously. Exactly-once: one transaction per batch, committed
+before the next batch starts. Either way a batch is never half done when `consume` (and with it a
+rebalance callback) runs. Failure paths:
 
 - Redis unreachable: the batch is retried with capped exponential backoff. `consume` is not called
   meanwhile, so fetching stops (in effect the partitions are paused); /readyz says not ready.
   Nothing is committed until the batch succeeds. A stop request abandons the batch uncommitted.
 - Delivery or transaction failure: the transaction is aborted (exactly-once) and the consumer is
-  rewound to the batch's first offsets, so the batch is processed again; the window store and the
-  cache make the repeat identical.
+  rewound to the first offsets of the failed batch and of every batch after it, so they are
+  processed again; the window store and the cache make the repeat identical.
 - Signals only set a flag; the loop finishes the batch in hand, commits, closes and returns.
 """
 
@@ -27,7 +29,8 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Protocol
 
@@ -56,6 +59,20 @@ class PipelineLike(Protocol):
     def process(self, messages: Sequence[Message], max_message_bytes: int) -> BatchResultLike: ...
 
 
+@dataclass
+class _InFlight:
+    """A published at-least-once batch waiting for its delivery reports."""
+
+    messages: list[Message]
+    result: BatchResultLike
+    started: float
+    latch: DeliveryLatch = field(default_factory=DeliveryLatch)
+
+    @property
+    def offsets(self) -> list[TopicPartition]:
+        return _next_offsets(self.messages)
+
+
 @dataclass(frozen=True)
 class RunnerConfig:
     forecasts_topic: str
@@ -66,6 +83,9 @@ class RunnerConfig:
     exactly_once: bool
     redis_retry_max_s: float = 5.0
     delivery_timeout_s: float = 30.0
+    #: at-least-once batches published but not yet acknowledged; the window history must cover
+    #: max_in_flight * max_batch ticks (checked at start)
+    max_in_flight: int = 2
 
 
 class Runner:
@@ -87,7 +107,8 @@ class Runner:
         self.metrics = metrics
         self.health = health
         self.wall_clock = wall_clock
-        self.latch = DeliveryLatch()
+        self.latch = DeliveryLatch()  # exactly-once batches
+        self.in_flight: deque[_InFlight] = deque()
         self.stopping = False
         self.assignment: list[TopicPartition] = []
         #: next offset to read per (topic, partition), as the group has it committed
@@ -127,12 +148,14 @@ class Runner:
         # This runs inside consume(), so no batch is half done; make the async commits of what
         # was delivered certain before another consumer takes these partitions.
         self.metrics.rebalances.labels(kind="revoke").inc()
+        self._drain()
         self.commit_delivered(partitions)
         self._forget(partitions)
         log.info("revoked partitions=%s", _names(partitions))
 
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels(kind="lost").inc()
+        self.in_flight.clear()  # not ours to commit any more
         self._forget(partitions)
         log.warning("lost partitions=%s (not committed; the new owner redoes them)", _names(partitions))
 
@@ -161,9 +184,10 @@ class Runner:
                 messages = self._next_batch()
                 if messages:
                     self.handle_batch(messages)
+                self._settle()
                 self._update_lag()
         finally:
-            self.producer.flush(self.config.delivery_timeout_s)
+            self._drain()
             self.commit_delivered(self.assignment)
             self.consumer.close()
             log.info("stopped: consumer closed, all delivered batches committed")
@@ -223,16 +247,70 @@ class Runner:
         good = self._drop_errors(messages)
         if not good:
             return
+        while len(self.in_flight) >= self.config.max_in_flight:
+            self._settle(wait=True)
         result = self._process_with_retry(good)
         if result is None:
             return  # abandoned during a stop; the offsets stay uncommitted
-        offsets = _next_offsets(good)
-        try:
-            self._publish_and_commit(result, offsets)
-        except (DeliveryError, KafkaException) as exc:
-            self._recover(exc, good)
-            return
-        self._record(result, good, started)
+        if self.config.exactly_once:
+            try:
+                self._publish_transaction(result, _next_offsets(good))
+            except (DeliveryError, KafkaException) as exc:
+                self._recover(exc, good)
+                return
+            self._record(result, good, started)
+        else:
+            self._publish(_InFlight(good, result, started))
+
+    def _publish(self, batch: _InFlight) -> None:
+        t0 = time.perf_counter()
+        for f in batch.result.forecasts:
+            self._produce(
+                self.config.forecasts_topic,
+                f.symbol.encode(),
+                encode_forecast(f),
+                forecast_headers(f),
+                batch.latch,
+            )
+        for r in batch.result.dead_letters:
+            self._produce(
+                self.config.dead_letter_topic, r.key, r.value, dead_letter_headers(r), batch.latch
+            )
+        self.in_flight.append(batch)
+        self.producer.poll(0)
+        self.metrics.batch_seconds.labels(stage="produce").observe(time.perf_counter() - t0)
+
+    def _settle(self, wait: bool = False) -> None:
+        """Serve delivery reports; commit, in order, every batch that is wholly acknowledged."""
+        self.producer.poll(0.01 if wait else 0)
+        while self.in_flight and self.in_flight[0].latch.pending == 0:
+            batch = self.in_flight.popleft()
+            if batch.latch.error is not None:
+                failed = [batch, *self.in_flight]
+                self.in_flight.clear()
+                self._recover(
+                    DeliveryError(
+                        f"delivery failed: {batch.latch.error.name()} ({batch.latch.error.str()})"
+                    ),
+                    [m for b in failed for m in b.messages],
+                )
+                return
+            t0 = time.perf_counter()
+            offsets = batch.offsets
+            self.consumer.commit(offsets=offsets, asynchronous=True)
+            for tp in offsets:
+                self.delivered[(tp.topic, tp.partition)] = tp.offset
+            self.metrics.batch_seconds.labels(stage="commit").observe(time.perf_counter() - t0)
+            self._record(batch.result, batch.messages, batch.started)
+
+    def _drain(self) -> None:
+        """Wait for every in-flight batch's delivery reports and commit what was delivered."""
+        if self.in_flight:
+            self.producer.flush(self.config.delivery_timeout_s)
+            self._settle()
+        if self.in_flight:
+            log.warning("%d batches not acknowledged in time; left uncommitted", len(self.in_flight))
+            self.in_flight.clear()
 
     def _drop_errors(self, messages: list[Message]) -> list[Message]:
         good = []
@@ -269,56 +347,58 @@ class Runner:
             self.health.redis_ok = True
             return result
 
-    def _publish_and_commit(
+    def _publish_transaction(
         self, result: BatchResultLike, offsets: list[TopicPartition]
     ) -> None:
+        """Exactly-once: the batch's output and its input offsets in one transaction."""
         produce_started = time.perf_counter()
-        if self.config.exactly_once:
-            self.producer.begin_transaction()
+        self.producer.begin_transaction()
         for f in result.forecasts:
             self._produce(
-                self.config.forecasts_topic, f.symbol.encode(), encode_forecast(f), forecast_headers(f)
+                self.config.forecasts_topic,
+                f.symbol.encode(),
+                encode_forecast(f),
+                forecast_headers(f),
+                self.latch,
             )
         for r in result.dead_letters:
-            self._produce(self.config.dead_letter_topic, r.key, r.value, dead_letter_headers(r))
-        commit_started = time.perf_counter()
-        if self.config.exactly_once:
-            self.producer.send_offsets_to_transaction(
-                offsets, self.consumer.consumer_group_metadata(), self.config.delivery_timeout_s
+            self._produce(
+                self.config.dead_letter_topic, r.key, r.value, dead_letter_headers(r), self.latch
             )
-            self.producer.commit_transaction(self.config.delivery_timeout_s)
-            self.latch.raise_if_failed()
-        else:
-            remaining = self.producer.flush(self.config.delivery_timeout_s)
-            self.latch.raise_if_failed()
-            if remaining:
-                raise DeliveryError(f"{remaining} messages not delivered within the timeout")
-            commit_started = time.perf_counter()
-            self.consumer.commit(offsets=offsets, asynchronous=True)
+        commit_started = time.perf_counter()
+        self.producer.send_offsets_to_transaction(
+            offsets, self.consumer.consumer_group_metadata(), self.config.delivery_timeout_s
+        )
+        self.producer.commit_transaction(self.config.delivery_timeout_s)
+        self.latch.raise_if_failed()
         done = time.perf_counter()
         for tp in offsets:
             self.delivered[(tp.topic, tp.partition)] = tp.offset
-            if self.config.exactly_once:
-                self.committed[(tp.topic, tp.partition)] = tp.offset
+            self.committed[(tp.topic, tp.partition)] = tp.offset
         self.metrics.batch_seconds.labels(stage="produce").observe(commit_started - produce_started)
         self.metrics.batch_seconds.labels(stage="commit").observe(done - commit_started)
 
     def _produce(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        latch: DeliveryLatch,
     ) -> None:
         while True:
             try:
                 self.producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=self.latch.on_delivery
+                    topic, value=value, key=key, headers=headers, on_delivery=latch.on_delivery
                 )
-                self.latch.sent()
+                latch.sent()
                 return
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.
                 self.producer.poll(0.05)
 
     def _recover(self, exc: Exception, messages: list[Message]) -> None:
-        """Undo a failed publish: abort the transaction and rewind to the batch's first offsets."""
+        """Undo a failed publish: abort the transaction; rewind to the first offsets of `messages`."""
         self.metrics.kafka_errors.labels(code=type(exc).__name__).inc()
         if isinstance(exc, KafkaException) and exc.args and exc.args[0].fatal():
             raise exc

@@ -117,6 +117,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         max_message_bytes=settings.processing.max_message_bytes,
         exactly_once=exactly_once,
         redis_retry_max_s=settings.processing.redis_retry_max_s,
+        max_in_flight=settings.processing.max_in_flight,
     )
     runner_ref: list[Runner] = []
     consumer = Consumer(

@@ -167,7 +167,10 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], log_path: Path, timeou
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise TickcastError(f"the consumer exited with code {proc.returncode}; see {log_path}")
+            lines = log_path.read_text(errors="replace").strip().splitlines() or ["(no output)"]
+            raise TickcastError(
+                f"the consumer exited with code {proc.returncode}: {lines[-1]} (log {log_path})"
+            )
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:  # noqa: S310
                 if r.status == 200:

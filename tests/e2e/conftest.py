@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from stream.config import ModelSettings
+from stream import config
 from stream.predictor import load_predictor
 from tests.e2e.harness import Service, W
 
 
 @pytest.fixture(scope="module")
 def predictor():  # type: ignore[no-untyped-def]
-    return load_predictor(ModelSettings(), W)
+    """The model the services load: same config file and TICKCAST_MODEL__* environment."""
+    return load_predictor(config.load().model, W)
 
 
 @pytest.fixture
