@@ -311,25 +311,38 @@ def test_window_holds_a_read_only_view() -> None:
     assert not w.prices.flags.writeable
 
 
-@given(
-    obj=st.dictionaries(
-        st.sampled_from(["symbol", "price", "ts", "x"]),
-        st.one_of(
-            json_values,
-            symbols,
-            st.integers(min_value=-(2**64), max_value=2**64),
-            st.floats(allow_nan=False, allow_infinity=False),
-        ),
-        max_size=4,
-    )
+absent = st.just(None)  # None here means "leave the field out"
+any_json = st.one_of(
+    st.none(), st.booleans(), st.text(max_size=5), st.lists(st.integers(), max_size=2)
 )
-def test_fast_path_agrees_with_the_checks(obj: dict[str, object]) -> None:
+
+
+@given(
+    symbol=st.one_of(absent, symbols, st.text(max_size=40), any_json, st.integers()),
+    price=st.one_of(
+        absent,
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.integers(min_value=-(2**64), max_value=2**64),
+        st.sampled_from([0, 0.0, -0.0, 1, -1, 5e-324]),
+        any_json,
+    ),
+    ts=st.one_of(
+        absent,
+        timestamps,
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.sampled_from([TS_LIMIT, TS_LIMIT + 1, -TS_LIMIT - 1, 1.0, 1e300]),
+        st.floats(allow_nan=False, allow_infinity=False),
+        any_json,
+    ),
+)
+def test_fast_path_agrees_with_the_checks(symbol: object, price: object, ts: object) -> None:
     """decode_batch accepts well-formed ticks without _fields; it must agree with _fields."""
     import json
 
     from stream.contracts import _fields, _Invalid
 
-    value = json.dumps(obj).encode()
+    fields = {"symbol": symbol, "price": price, "ts": ts}
+    value = json.dumps({k: v for k, v in fields.items() if v is not None}).encode()
     try:
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
@@ -341,3 +354,31 @@ def test_fast_path_agrees_with_the_checks(obj: dict[str, object]) -> None:
         assert [r.reason for r in rejected] == [bad.reason]
     else:
         assert [(t.symbol, t.price, t.ts) for t in ticks] == [(symbol, price, ts)]
+
+
+_FIELD_CASES = {
+    "symbol": ["XAUUSD", "a.b:c/d-e_", "A" * 32, "A" * 33, "", "X Y", "é", 7, None, True, [], ...],
+    "price": [1951.45, 1, 5e-324, 0, 0.0, -0.0, -1, -1.5, 2**64, True, False, "1", None, ...],
+    "ts": [0, 1714559400000, -1, TS_LIMIT, -TS_LIMIT, TS_LIMIT + 1, -TS_LIMIT - 1, 2**64, 1.0,
+           1.7e12, True, "1", None, ...],
+}  # fmt: skip
+
+
+def test_fast_path_agrees_with_the_checks_on_every_combination_of_edge_values() -> None:
+    """The cartesian product of edge values per field (`...` leaves the field out)."""
+    import itertools
+    import json
+
+    from stream.contracts import _fields, _Invalid
+
+    for symbol, price, ts in itertools.product(*_FIELD_CASES.values()):
+        fields = {"symbol": symbol, "price": price, "ts": ts}
+        obj = {k: v for k, v in fields.items() if v is not ...}
+        value = json.dumps(obj).encode()
+        ticks, rejected = decode_batch([SourceMessage(value, None)], MAX)
+        try:
+            expected = _fields(orjson.loads(value))
+        except _Invalid as bad:
+            assert [r.reason for r in rejected] == [bad.reason], obj
+        else:
+            assert [(t.symbol, t.price, t.ts) for t in ticks] == [expected], obj
