@@ -1,0 +1,85 @@
+"""The metrics object and the health endpoints, on a fresh registry."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+from prometheus_client import CollectorRegistry
+
+from stream.metrics import Health, Metrics, serve
+
+REQUIRED = [
+    "tickcast_consumer_lag",
+    "tickcast_ticks_total",
+    "tickcast_forecasts_total",
+    "tickcast_cache_requests_total",
+    "tickcast_dead_letters_total",
+    "tickcast_inference_batch_size",
+    "tickcast_inference_seconds",
+    "tickcast_batch_seconds",
+    "tickcast_tick_to_forecast_seconds",
+    "tickcast_rebalances_total",
+    "tickcast_assigned_partitions",
+    "tickcast_model_info",
+    "tickcast_model_reloads_total",
+    "tickcast_redis_errors_total",
+    "tickcast_kafka_errors_total",
+]
+
+
+def test_every_contract_metric_is_exposed() -> None:
+    m = Metrics(CollectorRegistry())
+    m.consumer_lag.labels(topic="ticks", partition="0").set(3)
+    m.dead_letters.labels(reason="not_json").inc()
+    m.rebalances.labels(kind="assign").inc()
+    m.kafka_errors.labels(code="x").inc()
+    m.batch_seconds.labels(stage="decode").observe(0.001)
+    m.set_model("abc")
+    text = m.render().decode()
+    for name in REQUIRED:
+        assert f"\n{name}" in text or text.startswith(name), name
+
+
+def test_model_info_names_only_the_current_version() -> None:
+    m = Metrics(CollectorRegistry())
+    m.set_model("old")
+    m.set_model("new")
+    text = m.render().decode()
+    assert 'tickcast_model_info{version="new"} 1.0' in text
+    assert 'version="old"' not in text
+
+
+def test_two_metrics_objects_do_not_share_state() -> None:
+    a, b = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
+    a.ticks.labels(outcome="processed").inc(5)
+    assert 'tickcast_ticks_total{outcome="processed"} 0.0' in b.render().decode()
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_endpoints_report_health_and_readiness_reasons() -> None:
+    m, h = Metrics(CollectorRegistry()), Health()
+    server = serve(m, h, "127.0.0.1", 0)
+    port = server.server_address[1]
+    try:
+        assert _get(port, "/healthz") == (200, "ok\n")
+        status, body = _get(port, "/readyz")
+        assert status == 503
+        assert "model not loaded" in body and "redis unreachable" in body
+        h.model_loaded, h.redis_ok, h.assigned = True, True, 3
+        assert _get(port, "/readyz") == (200, "ready\n")
+        h.stopping = True
+        assert _get(port, "/readyz")[0] == 503
+        status, body = _get(port, "/metrics")
+        assert status == 200 and "tickcast_ticks_total" in body
+        assert _get(port, "/nope")[0] == 404
+    finally:
+        server.shutdown()
+        server.server_close()
