@@ -14,7 +14,9 @@ BENCHES = {
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
     for name, (module, summary) in BENCHES.items():
-        importlib.import_module(module).configure(sub.add_parser(name, help=summary, description=summary))
+        importlib.import_module(module).configure(
+            sub.add_parser(name, help=summary, description=summary)
+        )
 
 
 def run(args: argparse.Namespace) -> int:

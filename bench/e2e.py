@@ -48,7 +48,7 @@ def _free_port() -> int:
 
 
 def _scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -80,13 +80,16 @@ class _Service:
         t0 = time.perf_counter()
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "run"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "stream.cli", "run"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tickcast run exited {self.proc.returncode}; see {self.log}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:  # noqa: S310
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
                     if r.status == 200:
                         return time.perf_counter() - t0
             except OSError:
@@ -159,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
     for r in range(args.runs):
         run_id = f"{bench_id}-{r}"
         env = _env(topic, run_id)
-        ensure_topics(settings, [env["TICKCAST_TOPICS__FORECASTS"], env["TICKCAST_TOPICS__DEAD_LETTER"]])
+        ensure_topics(
+            settings, [env["TICKCAST_TOPICS__FORECASTS"], env["TICKCAST_TOPICS__DEAD_LETTER"]]
+        )
         svc = _Service(env, logs / f"bench-{run_id}.log")
         ready_s = svc.start()
         t0 = time.perf_counter()
@@ -169,7 +174,9 @@ def run(args: argparse.Namespace) -> int:
                 if _sum(m, "tickcast_forecasts_total") >= expected:
                     break
                 if time.perf_counter() - t0 > 600:
-                    raise RuntimeError(f"run {r}: only {_sum(m, 'tickcast_forecasts_total'):.0f} forecasts in 600 s")
+                    raise RuntimeError(
+                        f"run {r}: only {_sum(m, 'tickcast_forecasts_total'):.0f} forecasts in 600 s"
+                    )
                 time.sleep(0.05)
             elapsed = time.perf_counter() - t0
             stages = {
@@ -198,21 +205,38 @@ def run(args: argparse.Namespace) -> int:
     # ---------------------------------------------------------------- 4. latency
     latency = _latency(settings, bench_id, args, series, logs)
 
-    med = {k: statistics.median(r[k] for r in runs) for k in ("ready_s", "ticks_per_s", "forecasts_per_s", "peak_rss_mb")}
+    med = {
+        k: statistics.median(r[k] for r in runs)
+        for k in ("ready_s", "ticks_per_s", "forecasts_per_s", "peak_rss_mb")
+    }
     stage_total = statistics.median(r["stages"].get("total", 0.0) for r in runs)
-    table = Table(title=f"tickcast bench e2e ({len(feed):,} ticks, {args.symbols} symbols, {args.runs} runs, medians)")
+    table = Table(
+        title=f"tickcast bench e2e ({len(feed):,} ticks, {args.symbols} symbols, {args.runs} runs, medians)"
+    )
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_column("target", justify="right")
     table.add_row("model-only ceiling", f"{ceiling:,.0f} windows/s", "")
-    table.add_row("service, sustained", f"{med['forecasts_per_s']:,.0f} forecasts/s ({med['ticks_per_s']:,.0f} ticks/s)", "")
+    table.add_row(
+        "service, sustained",
+        f"{med['forecasts_per_s']:,.0f} forecasts/s ({med['ticks_per_s']:,.0f} ticks/s)",
+        "",
+    )
     table.add_row("ratio to ceiling", f"{med['forecasts_per_s'] / ceiling:.0%}", ">= 75%")
-    table.add_row(f"tick-to-forecast p50 at {args.rate:,.0f}/s", f"{latency['p50_ms']:.1f} ms", "<= 5 ms")
-    table.add_row(f"tick-to-forecast p99 at {args.rate:,.0f}/s", f"{latency['p99_ms']:.1f} ms", "<= 25 ms")
+    table.add_row(
+        f"tick-to-forecast p50 at {args.rate:,.0f}/s", f"{latency['p50_ms']:.1f} ms", "<= 5 ms"
+    )
+    table.add_row(
+        f"tick-to-forecast p99 at {args.rate:,.0f}/s", f"{latency['p99_ms']:.1f} ms", "<= 25 ms"
+    )
     table.add_row("cold start to ready", f"{med['ready_s']:.2f} s", "<= 3 s")
     table.add_row("peak RSS", f"{med['peak_rss_mb']:.0f} MB", "<= 400 MB")
     for stage in ("decode", "window", "cache", "inference", "produce", "commit"):
-        share = statistics.median(r["stages"].get(stage, 0.0) for r in runs) / stage_total if stage_total else 0
+        share = (
+            statistics.median(r["stages"].get(stage, 0.0) for r in runs) / stage_total
+            if stage_total
+            else 0
+        )
         table.add_row(f"  time in {stage}", f"{share:.0%}", "")
     console.print(table)
 
@@ -263,7 +287,9 @@ def _produce_all(settings: Any, topic: str, messages: list[tuple[bytes | None, b
     return time.perf_counter() - t0
 
 
-def _latency(settings: Any, bench_id: str, args: argparse.Namespace, series: Any, logs: Path) -> dict[str, float]:
+def _latency(
+    settings: Any, bench_id: str, args: argparse.Namespace, series: Any, logs: Path
+) -> dict[str, float]:
     """Warm the windows, then pace ticks and time each from produce to forecast receipt."""
     import numpy as np
     import orjson
@@ -276,7 +302,9 @@ def _latency(settings: Any, bench_id: str, args: argparse.Namespace, series: Any
     run_id = f"{bench_id}-lat"
     topic = f"bench-{run_id}.ticks"
     env = _env(topic, run_id)
-    ensure_topics(settings, [topic, env["TICKCAST_TOPICS__FORECASTS"], env["TICKCAST_TOPICS__DEAD_LETTER"]])
+    ensure_topics(
+        settings, [topic, env["TICKCAST_TOPICS__FORECASTS"], env["TICKCAST_TOPICS__DEAD_LETTER"]]
+    )
     paced_rows = int(args.rate * args.latency_seconds / args.symbols) + 1
     # One full window per symbol before timing, so the service's first forecast produce (metadata,
     # producer id) and the reader's first fetch are not measured as latency.

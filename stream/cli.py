@@ -18,9 +18,15 @@ from stream.errors import TickcastError
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("stream.commands.run", "consume ticks, publish forecasts (the service)"),
-    "replay": ("stream.commands.replay", "publish a CSV of prices (default: the gold series) as ticks"),
+    "replay": (
+        "stream.commands.replay",
+        "publish a CSV of prices (default: the gold series) as ticks",
+    ),
     "tail": ("stream.commands.tail", "print forecasts as they arrive"),
-    "demo": ("stream.commands.demo", "local Kafka + Redis, the gold series through the live consumer"),
+    "demo": (
+        "stream.commands.demo",
+        "local Kafka + Redis, the gold series through the live consumer",
+    ),
     "services": ("stream.localinfra", "start, stop or show the local Kafka broker and Redis"),
     "train": ("models.train", "train the CNN-Bi-LSTM and write a new artifact"),
     "evaluate": ("models.evaluate", "evaluate an artifact against persistence on held-out days"),

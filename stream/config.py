@@ -219,7 +219,9 @@ def _check_env(environ: dict[str, str]) -> None:
 def _describe(error: dict[str, Any], env: dict[str, str], file: Path | None) -> str:
     loc = ".".join(str(p) for p in error["loc"])
     var = ENV_PREFIX + "__".join(str(p).upper() for p in error["loc"])
-    origin = f" (from {var})" if var in {k.upper() for k in env} else f" (in {file})" if file else ""
+    origin = (
+        f" (from {var})" if var in {k.upper() for k in env} else f" (in {file})" if file else ""
+    )
     if error["type"] == "extra_forbidden":
         return f"unknown key {loc}{origin}"
     if not error["loc"]:  # a rule across keys; its message names them

@@ -1,13 +1,13 @@
 """The exception tree of tickcast.
 
-    TickcastError                   root; `tickcast` prints its message and exits non-zero
-    ├── ConfigError                 a bad key, type or value in config.toml or TICKCAST_* (exit 2)
-    ├── UnreachableError            Kafka or Redis does not answer at the configured address (exit 2)
-    ├── LocalInfraError             the local broker or Redis could not be installed or started
-    ├── ModelError                  a missing, mismatched or corrupt model artifact
-    ├── DataError                   a CSV of prices that cannot be used (bad date, price, order)
-    ├── DeliveryError               Kafka refused a forecast or dead letter; the batch is not committed
-    └── StoreUnavailable            Redis failed mid-batch; the batch is retried, never committed
+TickcastError                   root; `tickcast` prints its message and exits non-zero
+├── ConfigError                 a bad key, type or value in config.toml or TICKCAST_* (exit 2)
+├── UnreachableError            Kafka or Redis does not answer at the configured address (exit 2)
+├── LocalInfraError             the local broker or Redis could not be installed or started
+├── ModelError                  a missing, mismatched or corrupt model artifact
+├── DataError                   a CSV of prices that cannot be used (bad date, price, order)
+├── DeliveryError               Kafka refused a forecast or dead letter; the batch is not committed
+└── StoreUnavailable            Redis failed mid-batch; the batch is retried, never committed
 """
 
 from __future__ import annotations

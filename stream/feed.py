@@ -65,7 +65,11 @@ def bad_message(index: int, max_message_bytes: int = 65_536) -> tuple[str, FeedM
     classes = len(BAD_MESSAGES) + 1
     k = index % classes
     if k == len(BAD_MESSAGES):
-        big = b'{"symbol": "XAUUSD", "price": 1.0, "ts": 1, "pad": "' + b"x" * max_message_bytes + b'"}'
+        big = (
+            b'{"symbol": "XAUUSD", "price": 1.0, "ts": 1, "pad": "'
+            + b"x" * max_message_bytes
+            + b'"}'
+        )
         return "oversize", FeedMessage(None, big, None)
     reason, key, value = BAD_MESSAGES[k]
     return reason, FeedMessage(key, value, None)

@@ -14,8 +14,9 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from stream.config import Settings
 from stream.errors import DeliveryError, UnreachableError
@@ -122,7 +123,7 @@ def ensure_topics(
     futures = admin.create_topics(
         [NewTopic(n, num_partitions=count, replication_factor=-1) for n in wanted]
     )
-    for name, fut in futures.items():
+    for _name, fut in futures.items():
         try:
             fut.result(timeout=30)
         except KafkaException as exc:

@@ -287,10 +287,9 @@ def _kafka_answers(bootstrap: str, timeout: float) -> bool:
 def start_kafka(layout: Layout, ports: Ports, ready_timeout: float = 90.0) -> None:
     pidfile = layout.pidfile("kafka")
     bootstrap = f"127.0.0.1:{ports.kafka}"
-    if _read_pid(pidfile) is not None:
-        if _kafka_answers(bootstrap, 5.0):
-            _say(f"kafka already running on {bootstrap} (pid {_read_pid(pidfile)})")
-            return
+    if _read_pid(pidfile) is not None and _kafka_answers(bootstrap, 5.0):
+        _say(f"kafka already running on {bootstrap} (pid {_read_pid(pidfile)})")
+        return
     for port in (ports.kafka, ports.controller):
         if port_open(port):
             raise LocalInfraError(
@@ -331,7 +330,9 @@ def start_kafka(layout: Layout, ports: Ports, ready_timeout: float = 90.0) -> No
                 check=False,
             )
         if fmt.returncode != 0:
-            raise LocalInfraError(f"formatting KRaft storage failed (exit {fmt.returncode}); see {log}")
+            raise LocalInfraError(
+                f"formatting KRaft storage failed (exit {fmt.returncode}); see {log}"
+            )
 
     started = time.monotonic()
     with log.open("a") as out:
@@ -348,7 +349,9 @@ def start_kafka(layout: Layout, ports: Ports, ready_timeout: float = 90.0) -> No
         if proc.poll() is not None:
             pidfile.unlink(missing_ok=True)
             tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])[-400:]
-            raise LocalInfraError(f"the Kafka broker exited with code {proc.returncode}: {tail} (log {log})")
+            raise LocalInfraError(
+                f"the Kafka broker exited with code {proc.returncode}: {tail} (log {log})"
+            )
         if port_open(ports.kafka) and _kafka_answers(bootstrap, 2.0):
             elapsed = time.monotonic() - started
             rss = _rss_mb(proc.pid)
@@ -358,7 +361,9 @@ def start_kafka(layout: Layout, ports: Ports, ready_timeout: float = 90.0) -> No
             )
             return
         time.sleep(0.25)
-    raise LocalInfraError(f"the Kafka broker did not answer on {bootstrap} within {ready_timeout:.0f} s; see {log}")
+    raise LocalInfraError(
+        f"the Kafka broker did not answer on {bootstrap} within {ready_timeout:.0f} s; see {log}"
+    )
 
 
 # ---------------------------------------------------------------- Redis
@@ -371,7 +376,10 @@ def ensure_redis_server() -> str:
     if os.geteuid() == 0 and shutil.which("apt-get"):
         _say("redis-server is missing; installing Debian's redis-server package")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
+        for cmd in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "redis-server"],
+        ):
             res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if res.returncode != 0:
                 raise LocalInfraError(

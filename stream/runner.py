@@ -25,18 +25,25 @@ rebalance callback) runs. Failure paths:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Sequence
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Protocol
+from typing import Protocol, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from stream.contracts import Forecast, Rejected, dead_letter_headers, encode_forecast, forecast_headers
+from stream.contracts import (
+    Forecast,
+    Rejected,
+    dead_letter_headers,
+    encode_forecast,
+    forecast_headers,
+)
 from stream.errors import DeliveryError, StoreUnavailable
 from stream.kafka import DeliveryLatch, committed_lag
 from stream.metrics import Health, Metrics
@@ -157,7 +164,9 @@ class Runner:
         self.metrics.rebalances.labels(kind="lost").inc()
         self.in_flight.clear()  # not ours to commit any more
         self._forget(partitions)
-        log.warning("lost partitions=%s (not committed; the new owner redoes them)", _names(partitions))
+        log.warning(
+            "lost partitions=%s (not committed; the new owner redoes them)", _names(partitions)
+        )
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
@@ -165,10 +174,8 @@ class Runner:
         for topic, part in gone:
             self.committed.pop((topic, part), None)
             self.delivered.pop((topic, part), None)
-            try:
+            with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(topic, str(part))
-            except KeyError:
-                pass
         self.health.assigned = len(self.assignment)
         self.metrics.assigned_partitions.set(len(self.assignment))
 
@@ -309,7 +316,9 @@ class Runner:
             self.producer.flush(self.config.delivery_timeout_s)
             self._settle()
         if self.in_flight:
-            log.warning("%d batches not acknowledged in time; left uncommitted", len(self.in_flight))
+            log.warning(
+                "%d batches not acknowledged in time; left uncommitted", len(self.in_flight)
+            )
             self.in_flight.clear()
 
     def _drop_errors(self, messages: list[Message]) -> list[Message]:
@@ -347,9 +356,7 @@ class Runner:
             self.health.redis_ok = True
             return result
 
-    def _publish_transaction(
-        self, result: BatchResultLike, offsets: list[TopicPartition]
-    ) -> None:
+    def _publish_transaction(self, result: BatchResultLike, offsets: list[TopicPartition]) -> None:
         """Exactly-once: the batch's output and its input offsets in one transaction."""
         produce_started = time.perf_counter()
         self.producer.begin_transaction()
@@ -389,7 +396,11 @@ class Runner:
         while True:
             try:
                 self.producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=latch.on_delivery
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=cast("list[tuple[str, str | bytes | None]]", headers),
+                    on_delivery=latch.on_delivery,
                 )
                 latch.sent()
                 return
@@ -457,24 +468,32 @@ class Runner:
         if not self.assignment or (not force and now - self._last_lag_update < 1.0):
             return
         self._last_lag_update = now
-        for (topic, part), lag in committed_lag(self.consumer, self.assignment, self.committed).items():
+        for (topic, part), lag in committed_lag(
+            self.consumer, self.assignment, self.committed
+        ).items():
             self.metrics.consumer_lag.labels(topic=topic, partition=str(part)).set(lag)
 
 
-def _next_offsets(messages: list[Message]) -> list[TopicPartition]:
+def _position(m: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed message, which always has all three."""
+    topic, partition, offset = m.topic(), m.partition(), m.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
+
+
+def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     top: dict[tuple[str, int], int] = {}
     for m in messages:
-        key = (m.topic(), m.partition())
-        top[key] = max(top.get(key, -1), m.offset())
+        topic, partition, offset = _position(m)
+        top[(topic, partition)] = max(top.get((topic, partition), -1), offset)
     return [TopicPartition(t, p, o + 1) for (t, p), o in top.items()]
 
 
-def _first_offsets(messages: list[Message]) -> list[TopicPartition]:
+def _first_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     first: dict[tuple[str, int], int] = {}
     for m in messages:
-        key = (m.topic(), m.partition())
-        if key not in first:
-            first[key] = m.offset()
+        topic, partition, offset = _position(m)
+        first.setdefault((topic, partition), offset)
     return [TopicPartition(t, p, o) for (t, p), o in first.items()]
 
 

@@ -35,6 +35,7 @@ class Service:
     health: Health
     http: ThreadingHTTPServer | None
     redis: redis.Redis
+    model_version: str
 
     def close(self) -> None:
         if self.http is not None:
@@ -55,7 +56,9 @@ def redis_client(settings: Settings) -> redis.Redis:
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise UnreachableError(f"cannot reach Redis at {_safe_url(settings.redis.url)} (redis.url): {exc}") from None
+        raise UnreachableError(
+            f"cannot reach Redis at {_safe_url(settings.redis.url)} (redis.url): {exc}"
+        ) from None
     return client
 
 
@@ -81,7 +84,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     health = Health(model_loaded=True, redis_ok=True)
     metrics.set_model(predictor.version)
 
-    ensure_topics(settings, [settings.topics.ticks, settings.topics.forecasts, settings.topics.dead_letter])
+    ensure_topics(
+        settings, [settings.topics.ticks, settings.topics.forecasts, settings.topics.dead_letter]
+    )
     store = WindowStore(
         client,
         settings.redis.key_prefix,
@@ -106,7 +111,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         late_policy=settings.window.late_policy,
     )
     exactly_once = settings.processing.guarantee == "exactly-once"
-    producer = Producer(producer_config(settings, transactional_id(settings) if exactly_once else None))
+    producer = Producer(
+        producer_config(settings, transactional_id(settings) if exactly_once else None)
+    )
     if exactly_once:
         producer.init_transactions(30)
     config = RunnerConfig(
@@ -121,7 +128,10 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     )
     runner_ref: list[Runner] = []
     consumer = Consumer(
-        {**consumer_config(settings), "on_commit": lambda err, tps: runner_ref[0].on_commit(err, tps)}
+        {
+            **consumer_config(settings),
+            "on_commit": lambda err, tps: runner_ref[0].on_commit(err, tps),
+        }
     )
     runner = Runner(config, consumer, producer, pipeline, metrics, health)
     runner_ref.append(runner)
@@ -140,4 +150,11 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
                 f"cannot serve metrics on {settings.metrics.host}:{settings.metrics.port} "
                 f"(metrics.host, metrics.port): {exc.strerror}"
             ) from None
-    return Service(runner=runner, metrics=metrics, health=health, http=http, redis=client)
+    return Service(
+        runner=runner,
+        metrics=metrics,
+        health=health,
+        http=http,
+        redis=client,
+        model_version=predictor.version,
+    )

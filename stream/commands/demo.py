@@ -20,17 +20,29 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stream import config
+from stream.contracts import Forecast
+
+if TYPE_CHECKING:
+    from models.data import PriceSeries
 
 TEST_START = "2012-04-26"  # first held-out day (models/split.py, shared data README)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--symbols", type=int, default=4, help="symbols derived from the gold series")
-    parser.add_argument("--bad-fraction", type=float, default=0.01, help="share of malformed messages")
-    parser.add_argument("--rate", type=float, default=0.0, help="ticks per second (0: as fast as possible)")
+    parser.add_argument(
+        "--symbols", type=int, default=4, help="symbols derived from the gold series"
+    )
+    parser.add_argument(
+        "--bad-fraction", type=float, default=0.01, help="share of malformed messages"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="ticks per second (0: as fast as possible)"
+    )
     parser.add_argument("--show", type=int, default=12, help="forecast lines to print")
 
 
@@ -63,7 +75,9 @@ def ensure_services(settings: config.Settings) -> dict[str, str]:
     except UnreachableError:
         redis_ok = False
     if kafka_ok and redis_ok:
-        print(f"using Kafka at {settings.kafka.bootstrap_servers} and Redis at {settings.redis.url}")
+        print(
+            f"using Kafka at {settings.kafka.bootstrap_servers} and Redis at {settings.redis.url}"
+        )
         return env
     print("no Kafka/Redis answering at the configured addresses: starting the local ones")
     bootstrap, redis_url = localinfra.up()
@@ -113,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
     _say(f"2/5 starting the consumer: tickcast run (topics demo-{run_id}.*)")
     from stream.kafka import ensure_topics
 
-    ensure_topics(settings, [settings.topics.ticks, settings.topics.forecasts, settings.topics.dead_letter])
+    ensure_topics(
+        settings, [settings.topics.ticks, settings.topics.forecasts, settings.topics.dead_letter]
+    )
     log_dir = Path(os.environ.get("TICKCAST_LOCAL_DIR", ".local")) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"demo-{run_id}-run.log"
@@ -121,10 +137,12 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         cmd += ["--config", args.config]
     with log_path.open("w") as log_file:
-        consumer = subprocess.Popen(cmd + ["run"], stdout=log_file, stderr=subprocess.STDOUT)
+        consumer = subprocess.Popen([*cmd, "run"], stdout=log_file, stderr=subprocess.STDOUT)
     try:
         _wait_ready(metrics_port, consumer, log_path)
-        print(f"consumer ready (pid {consumer.pid}); metrics at http://127.0.0.1:{metrics_port}/metrics")
+        print(
+            f"consumer ready (pid {consumer.pid}); metrics at http://127.0.0.1:{metrics_port}/metrics"
+        )
 
         _say(
             f"3/5 replaying {len(days)} days of gold ({days.dates[0]} to {days.dates[-1]}) "
@@ -157,11 +175,15 @@ def run(args: argparse.Namespace) -> int:
 
     _say("5/5 summary")
     symbol = symbol_names("XAUUSD", args.symbols)[0]
-    _summary(series, forecasts, symbol, scraped, sent, expected, code, metrics_port, log_path, started)
+    _summary(
+        series, forecasts, symbol, scraped, sent, expected, code, metrics_port, log_path, started
+    )
     return 0 if code == 0 and len(forecasts) == expected else 1
 
 
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 60.0) -> None:
+def _wait_ready(
+    port: int, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 60.0
+) -> None:
     from stream.errors import TickcastError
 
     deadline = time.monotonic() + timeout
@@ -172,7 +194,7 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], log_path: Path, timeou
                 f"the consumer exited with code {proc.returncode}: {lines[-1]} (log {log_path})"
             )
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -181,7 +203,14 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], log_path: Path, timeou
     raise TickcastError(f"the consumer was not ready within {timeout:.0f} s; see {log_path}")
 
 
-def _collect(settings, expected, show, fmt, decode):  # type: ignore[no-untyped-def]
+def _collect(
+    settings: config.Settings,
+    expected: int,
+    show: int,
+    fmt: Callable[[Forecast], str],
+    decode: Callable[[bytes], Forecast],
+) -> list[Forecast]:
+    """Read forecasts until `expected` arrived or none came for 30 s, printing about `show`."""
     from confluent_kafka import Consumer
 
     consumer = Consumer(
@@ -194,7 +223,7 @@ def _collect(settings, expected, show, fmt, decode):  # type: ignore[no-untyped-
         }
     )
     consumer.subscribe([settings.topics.forecasts])
-    got = []
+    got: list[Forecast] = []
     idle_since = time.monotonic()
     step = max(expected // max(show, 1), 1)
     try:
@@ -202,7 +231,7 @@ def _collect(settings, expected, show, fmt, decode):  # type: ignore[no-untyped-
             for msg in consumer.consume(1000, timeout=0.5):
                 if msg.error():
                     continue
-                f = decode(msg.value())
+                f = decode(msg.value() or b"")
                 got.append(f)
                 idle_since = time.monotonic()
                 if len(got) % step == 1 or step == 1:
@@ -213,7 +242,7 @@ def _collect(settings, expected, show, fmt, decode):  # type: ignore[no-untyped-
 
 
 def _scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
     values: dict[str, float] = {}
     for line in text.splitlines():
@@ -223,16 +252,29 @@ def _scrape(port: int) -> dict[str, float]:
     return values
 
 
-def _summary(series, forecasts, symbol, scraped, sent, expected, code, port, log_path, started):  # type: ignore[no-untyped-def]
+def _summary(
+    series: PriceSeries,
+    forecasts: list[Forecast],
+    symbol: str,
+    scraped: dict[str, float],
+    sent: dict[str, int],
+    expected: int,
+    code: int,
+    port: int,
+    log_path: Path,
+    started: float,
+) -> None:
     import numpy as np
     from rich.console import Console
     from rich.table import Table
 
     def metric(prefix: str) -> float:
-        return sum(v for k, v in scraped.items() if k.startswith(prefix))
+        return float(sum(v for k, v in scraped.items() if k.startswith(prefix)))
 
     # Accuracy on the held-out days: the base symbol is the unscaled, unrotated gold series.
-    ts_index = {int(t): i for i, t in enumerate(series.dates.astype("datetime64[ms]").astype(np.int64))}
+    ts_index = {
+        int(t): i for i, t in enumerate(series.dates.astype("datetime64[ms]").astype(np.int64))
+    }
     model_err, naive_err, inside = [], [], 0
     for f in forecasts:
         if f.symbol != symbol:
@@ -245,15 +287,21 @@ def _summary(series, forecasts, symbol, scraped, sent, expected, code, port, log
         naive_err.append(abs(f.last_price - actual))
         inside += f.lower <= actual <= f.upper
     n = len(model_err)
-    mae, naive = (float(np.mean(model_err)), float(np.mean(naive_err))) if n else (float("nan"),) * 2
+    mae, naive = (
+        (float(np.mean(model_err)), float(np.mean(naive_err))) if n else (float("nan"),) * 2
+    )
     hits = metric('tickcast_cache_requests_total{result="hit"}')
     misses = metric('tickcast_cache_requests_total{result="miss"}')
 
     table = Table(title="tickcast demo", show_header=False)
     table.add_row("ticks in", f"{sent['ticks']:,} good + {sent['bad']:,} malformed")
-    table.add_row("forecasts out", f"{len(forecasts):,} (expected {expected:,}: one per full window)")
+    table.add_row(
+        "forecasts out", f"{len(forecasts):,} (expected {expected:,}: one per full window)"
+    )
     table.add_row("dead letters", f"{int(metric('tickcast_dead_letters_total')):,}")
-    table.add_row("cache hit share", f"{hits / max(hits + misses, 1):.1%} of {int(hits + misses):,} lookups")
+    table.add_row(
+        "cache hit share", f"{hits / max(hits + misses, 1):.1%} of {int(hits + misses):,} lookups"
+    )
     table.add_row(
         f"accuracy, {symbol}",
         f"{n:,} held-out days: model MAE {mae:.2f} USD, persistence MAE {naive:.2f} USD, "

@@ -6,20 +6,34 @@ import argparse
 import logging
 import random
 import time
+from typing import TYPE_CHECKING
 
 from stream import config
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
+
+    from stream.kafka import DeliveryLatch
 
 log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--csv", default=None, help="CSV of date,price (default: the bundled gold series)")
-    parser.add_argument("--symbols", type=int, default=1, help="derive N distinct symbols from the series")
+    parser.add_argument(
+        "--csv", default=None, help="CSV of date,price (default: the bundled gold series)"
+    )
+    parser.add_argument(
+        "--symbols", type=int, default=1, help="derive N distinct symbols from the series"
+    )
     parser.add_argument("--symbol", default="XAUUSD", help="symbol name (the base name when N > 1)")
     parser.add_argument("--rows", type=int, default=None, help="replay only the first N rows")
     parser.add_argument("--last", type=int, default=None, help="replay only the last N rows")
-    parser.add_argument("--rate", type=float, default=0.0, help="ticks per second (0: as fast as possible)")
-    parser.add_argument("--bad-fraction", type=float, default=0.0, help="share of malformed messages to mix in")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="ticks per second (0: as fast as possible)"
+    )
+    parser.add_argument(
+        "--bad-fraction", type=float, default=0.0, help="share of malformed messages to mix in"
+    )
     parser.add_argument("--topic", default=None, help="target topic (default: topics.ticks)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -80,7 +94,9 @@ def publish(settings: config.Settings, topic: str, args: argparse.Namespace) -> 
     return counts
 
 
-def _produce(producer, latch, topic: str, key: bytes | None, value: bytes) -> None:  # type: ignore[no-untyped-def]
+def _produce(
+    producer: Producer, latch: DeliveryLatch, topic: str, key: bytes | None, value: bytes
+) -> None:
     while True:
         try:
             producer.produce(topic, value=value, key=key, on_delivery=latch.on_delivery)

@@ -11,7 +11,9 @@ log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = "Settings come from --config (default ./config.toml) and TICKCAST_<SECTION>__<KEY>."
+    parser.epilog = (
+        "Settings come from --config (default ./config.toml) and TICKCAST_<SECTION>__<KEY>."
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     runner.install_signal_handlers()
     log.info(
         "ready model=%s ticks=%s forecasts=%s metrics=http://%s:%d/metrics",
-        runner.metrics.model_info.collect()[0].samples[0].labels["version"],
+        service.model_version,
         settings.topics.ticks,
         settings.topics.forecasts,
         settings.metrics.host,

@@ -12,9 +12,13 @@ from stream.contracts import Forecast
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--from-beginning", action="store_true", help="start at the oldest forecast")
+    parser.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest forecast"
+    )
     parser.add_argument("--max", type=int, default=0, help="stop after N forecasts")
-    parser.add_argument("--idle-timeout", type=float, default=0.0, help="stop after S seconds without one")
+    parser.add_argument(
+        "--idle-timeout", type=float, default=0.0, help="stop after S seconds without one"
+    )
     parser.add_argument("--topic", default=None, help="default: topics.forecasts")
     parser.add_argument("--json", action="store_true", help="print the raw JSON instead")
 
@@ -56,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
                 continue
             last = time.monotonic()
             value = msg.value() or b""
-            print(value.decode() if args.json else format_forecast(decode_forecast(value)), flush=True)
+            print(
+                value.decode() if args.json else format_forecast(decode_forecast(value)), flush=True
+            )
             seen += 1
     except KeyboardInterrupt:
         pass

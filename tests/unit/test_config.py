@@ -18,7 +18,11 @@ def test_shipped_config_matches_the_contract_defaults() -> None:
     s = config.load(ROOT / "config.toml", environ={})
     assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert s.kafka.group_id == "tickcast"
-    assert (s.topics.ticks, s.topics.forecasts, s.topics.dead_letter) == ("ticks", "forecasts", "ticks.dlq")
+    assert (s.topics.ticks, s.topics.forecasts, s.topics.dead_letter) == (
+        "ticks",
+        "forecasts",
+        "ticks.dlq",
+    )
     assert s.redis.url == "redis://127.0.0.1:6379/0"
     assert s.window.size == 60
     assert s.model.backend == "onnx"
@@ -59,7 +63,9 @@ def test_settings_are_frozen() -> None:
         ("[metrics]\nport = 70000\n", {}, "metrics.port"),
     ],
 )
-def test_bad_setting_names_the_key(tmp_path: Path, toml: str, env: dict[str, str], named: str) -> None:
+def test_bad_setting_names_the_key(
+    tmp_path: Path, toml: str, env: dict[str, str], named: str
+) -> None:
     path = tmp_path / "c.toml"
     path.write_text(toml)
     with pytest.raises(ConfigError) as err:

@@ -13,7 +13,7 @@ from stream.errors import LocalInfraError
 
 def test_java_missing_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no java, no mvn
-    with pytest.raises(LocalInfraError, match="Java is not installed.*KAFKA_BOOTSTRAP_SERVERS"):
+    with pytest.raises(LocalInfraError, match=r"Java is not installed.*KAFKA_BOOTSTRAP_SERVERS"):
         localinfra.ensure_kafka_jars(localinfra.Layout(tmp_path / "state"))
 
 
@@ -33,7 +33,9 @@ def test_port_in_use_names_the_port(tmp_path: Path) -> None:
 def test_maven_unable_to_resolve_gives_one_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(localinfra, "POM", localinfra.POM.replace(localinfra.KAFKA_VERSION, "0.0.0-none"))
+    monkeypatch.setattr(
+        localinfra, "POM", localinfra.POM.replace(localinfra.KAFKA_VERSION, "0.0.0-none")
+    )
     with pytest.raises(LocalInfraError, match="Maven could not resolve") as err:
         localinfra.ensure_kafka_jars(localinfra.Layout(tmp_path))
     assert "maven.log" in str(err.value)
