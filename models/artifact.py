@@ -28,14 +28,63 @@ ONNX_OPSET = 17
 
 
 def export_onnx(model: Any, path: Path, window: int) -> None:
-    """Convert a Keras model to ONNX with a dynamic batch axis and input named `window`."""
+    """Convert a Keras model to ONNX with a dynamic batch axis and input named `window`.
+
+    The graph is written in a canonical form (see `canonical_onnx`), so the same weights always give
+    the same bytes and therefore the same version, whichever process exports them.
+    """
+    import onnx
     import tensorflow as tf
     import tf2onnx
 
     # tf2onnx logs every optimisation pass at INFO; the user asked for training, not for those.
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     spec = (tf.TensorSpec((None, window, 1), tf.float32, name=INPUT_NAME),)
-    tf2onnx.convert.from_keras(model, input_signature=spec, opset=ONNX_OPSET, output_path=str(path))
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=ONNX_OPSET)
+    proto = canonical_onnx(proto)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def canonical_onnx(proto: Any) -> Any:
+    """Rename nodes and inner tensors by position and order the initializers by first use.
+
+    tf2onnx numbers the nodes it creates from counters whose order varies from run to run, and emits
+    initializers in varying order: two exports of identical weights differ in bytes. Names inside
+    the graph mean nothing to a runtime, so they are replaced by their position (graph input and
+    output names stay), the symbolic batch axis is named `batch`. Shape hints (value_info) are
+    dropped; ONNX Runtime infers shapes itself.
+    """
+    graph = proto.graph
+    if any(attr.g.node or attr.graphs for node in graph.node for attr in node.attribute):
+        return proto  # control flow with subgraphs: not expected here, leave it untouched
+    keep = {t.name for t in graph.input} | {t.name for t in graph.output}
+    names: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+
+    for index, node in enumerate(graph.node):
+        node.name = f"n{index}"
+        node.input[:] = [rename(x) for x in node.input]
+        node.output[:] = [rename(x) for x in node.output]
+    for tensor in graph.initializer:
+        tensor.name = rename(tensor.name)
+    position = {new: index for index, new in enumerate(names.values())}
+    ordered = sorted(graph.initializer, key=lambda t: position.get(t.name, len(position)))
+    # copies first: clearing a repeated field releases the messages it holds
+    ordered = [type(t).FromString(t.SerializeToString()) for t in ordered]
+    del graph.initializer[:]
+    graph.initializer.extend(ordered)
+    del graph.value_info[:]
+    # The batch axis is symbolic; tf2onnx calls it unk__<counter>. Give it one stable name.
+    for value in [*graph.input, *graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.dim_param = "batch"
+    return proto
 
 
 def onnx_op_types(path: Path) -> list[str]:

@@ -74,10 +74,10 @@ def run(args: argparse.Namespace) -> int:
     metrics, last, actual, quantiles = score_split(predictor, series.prices, split.test, raw=True)
     dates = series.dates[split.test[0] : split.test[1]]
     report = {
-        "artifact": str(folder),
+        "artifact": folder.name,
         "version": predictor.version,
         "backend": args.backend,
-        "data": str(args.data),
+        "data": Path(args.data).name,
         "test_first": str(dates[0]),
         "test_last": str(dates[-1]),
         **metrics,

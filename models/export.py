@@ -1,8 +1,10 @@
 """`tickcast export`: re-export an artifact's Keras model to ONNX and rewrite its manifest.
 
 For a new tf2onnx or opset, or an artifact whose ONNX file was lost. The version is the hash of the
-ONNX file, so a changed export is a new version: it is written to a new folder next to the old one
-(the old one stays, so nothing that serves it breaks), and CURRENT moves only with --set-current.
+ONNX file, written in a canonical form, so re-exporting the same weights with the same converter
+gives the same version and rewrites the folder in place. A changed export is a new version: it goes
+to a new folder next to the old one (which stays, so nothing that serves it breaks), and CURRENT
+moves only with --set-current.
 """
 
 from __future__ import annotations
@@ -71,7 +73,6 @@ def run(args: argparse.Namespace) -> int:
         for k, v in old.raw.items()
         if k not in {"version", "input_transform", "onnx", "libraries", "files"}
     }
-    carried["exported_from"] = old.version
     folder = write_artifact(model, root, carried, window=old.window, keras_source=keras_path)
     manifest = read_manifest(folder)
 
@@ -84,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
     diff = float(np.max(np.abs(onnx_out - keras_out)))
     if diff > 1e-5:
         raise ModelError(f"exported ONNX differs from the Keras model by {diff:.3g} (> 1e-5)")
-    write_manifest(folder, {**manifest.raw, "export_check_max_abs_diff": diff})
+    extra: dict[str, object] = {"export_check_max_abs_diff": diff}
+    if manifest.version != old.version:
+        extra["exported_from"] = old.version
+    write_manifest(folder, {**manifest.raw, **extra})
 
     if args.set_current:
         set_current(root, manifest.version)
