@@ -96,6 +96,8 @@ class WindowSettings(_Section):
     #: Must cover the largest uncommitted span per symbol: one batch.
     history: int = Field(default=2048, ge=0, le=100_000)
     late_policy: Literal["dead_letter", "drop"] = "dead_letter"
+    #: after Redis lost state, at most this many committed ticks per partition are read back
+    rebuild_max_ticks: int = Field(default=200_000, ge=0)
 
 
 class CacheSettings(_Section):

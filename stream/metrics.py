@@ -85,6 +85,7 @@ class Metrics:
             "replayed",
             "too_old",
             "warming",
+            "rebuilt",
         ):
             self.ticks.labels(outcome=outcome)
         for cached in ("true", "false"):

@@ -47,6 +47,7 @@ from stream.contracts import (
 from stream.errors import DeliveryError, StoreUnavailable
 from stream.kafka import DeliveryLatch, committed_lag
 from stream.metrics import Health, Metrics
+from stream.rebuild import Rebuilder
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class Runner:
         metrics: Metrics,
         health: Health,
         *,
+        rebuilder: Rebuilder | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -114,6 +116,7 @@ class Runner:
         self.metrics = metrics
         self.health = health
         self.wall_clock = wall_clock
+        self.rebuilder = rebuilder
         self.latch = DeliveryLatch()  # exactly-once batches
         self.in_flight: deque[_InFlight] = deque()
         self.stopping = False
@@ -146,6 +149,12 @@ class Runner:
                     self.committed[(tp.topic, tp.partition)] = tp.offset
         except KafkaException as exc:
             log.warning("could not read committed offsets on assign: %s", exc)
+        if self.rebuilder is not None:
+            # Before the first batch of these partitions: windows must hold every committed tick.
+            assigned = {(tp.topic, tp.partition) for tp in partitions}
+            self.rebuilder.catch_up(
+                consumer, {p: o for (t, p), o in self.committed.items() if (t, p) in assigned}
+            )
         self.assignment = list(partitions)
         self.health.assigned = len(self.assignment)
         self.metrics.assigned_partitions.set(len(self.assignment))

@@ -22,6 +22,7 @@ from stream.kafka import check_reachable, consumer_config, ensure_topics, produc
 from stream.metrics import Health, Metrics, serve
 from stream.pipeline import Pipeline
 from stream.predictor import load_predictor
+from stream.rebuild import Rebuilder
 from stream.runner import Runner, RunnerConfig
 from stream.windows import WindowStore
 
@@ -133,7 +134,16 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
             "on_commit": lambda err, tps: runner_ref[0].on_commit(err, tps),
         }
     )
-    runner = Runner(config, consumer, producer, pipeline, metrics, health)
+    rebuilder = Rebuilder(
+        consumer_config(settings, group_id=f"{settings.kafka.group_id}-rebuild"),
+        settings.topics.ticks,
+        store,
+        settings.processing.max_message_bytes,
+        settings.window.rebuild_max_ticks,
+        on_rebuilt=lambda n: metrics.ticks.labels(outcome="rebuilt").inc(n),
+        retry_max_s=settings.processing.redis_retry_max_s,
+    )
+    runner = Runner(config, consumer, producer, pipeline, metrics, health, rebuilder=rebuilder)
     runner_ref.append(runner)
     consumer.subscribe(
         [settings.topics.ticks],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from models.data import GOLD_CSV, load_prices
+from stream.contracts import Forecast
 from stream.feed import ticks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,3 +207,17 @@ def expected_windows(feed: list[tuple[bytes | None, bytes]]) -> dict[tuple[str, 
         if len(prices) >= W:
             out[(obj["symbol"], obj["ts"])] = np.array(prices[-W:], dtype=np.float64)
     return out
+
+
+def assert_matches_predictor(forecasts: list[Forecast], windows, predictor) -> None:  # type: ignore[no-untyped-def]
+    keys = [(f.symbol, f.ts) for f in forecasts]
+    stack = np.stack([windows[k] for k in keys])
+    out = predictor.predict_batch(stack)
+    median = list(predictor.quantiles).index(0.5)
+    # The service ran these windows in other batch compositions, where ONNX Runtime's float32
+    # kernels may differ in the last bit; so compare log-returns to 1e-6 (float32 is ~1e-9 here).
+    for f, row, window in zip(forecasts, out, stack, strict=True):
+        assert f.model_version == predictor.version
+        assert f.last_price == window[-1]
+        for value, q in ((f.lower, row[0]), (f.price, row[median]), (f.upper, row[-1])):
+            assert abs(math.log(value / f.last_price) - q) <= 1e-6

@@ -13,7 +13,14 @@ import pytest
 import redis
 
 from stream.contracts import decode_forecast
-from tests.e2e.harness import expected_windows, free_port, gold_feed, produce, read_topic
+from tests.e2e.harness import (
+    assert_matches_predictor,
+    expected_windows,
+    free_port,
+    gold_feed,
+    produce,
+    read_topic,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -123,3 +130,31 @@ def test_redis_hang_and_restart_lose_nothing(setup, kafka_bootstrap, private_red
     got = {(f.symbol, f.ts) for f in (decode_forecast(v) for _, v, _ in records)}
     assert got == set(windows), f"missing {len(set(windows) - got)} forecasts"
     assert svc.proc is not None and svc.proc.poll() is None, "the service must survive the outage"
+
+
+def test_windows_are_rebuilt_from_the_topic_after_redis_lost_them(  # type: ignore[no-untyped-def]
+    setup, kafka_bootstrap, redis_client, key_prefix, predictor
+) -> None:
+    feed = gold_feed(symbols=3, rows=130)
+    windows = expected_windows(feed)
+    first_part, second_part = feed[: 3 * 100], feed[3 * 100 :]
+
+    svc = setup().start()
+    produce(kafka_bootstrap, setup.topics["ticks"], first_part)
+    read_topic(kafka_bootstrap, setup.topics["forecasts"], 3 * (100 - 59))
+    svc.signal(signal.SIGTERM)
+    assert svc.wait(15) == 0
+
+    # Redis loses everything of ours (FLUSHDB, a restart without persistence).
+    keys = list(redis_client.scan_iter(match=f"{key_prefix}:*", count=1000))
+    assert keys
+    redis_client.delete(*keys)
+
+    again = setup().start()
+    produce(kafka_bootstrap, setup.topics["ticks"], second_part)
+    records = read_topic(kafka_bootstrap, setup.topics["forecasts"], len(windows), settle=2.0)
+    forecasts = [decode_forecast(v) for _, v, _ in records]
+    assert {(f.symbol, f.ts) for f in forecasts} == set(windows)
+    # The 30 new ticks per symbol were forecast at once, on windows reaching back before the flush.
+    assert again.metric('tickcast_ticks_total{outcome="rebuilt"}') == len(first_part)
+    assert_matches_predictor(forecasts, windows, predictor)

@@ -2,37 +2,29 @@
 
 from __future__ import annotations
 
-import math
 import signal
 import time
 from collections import defaultdict
 
-import numpy as np
 import pytest
 
 from stream.contracts import Forecast, decode_forecast
 from stream.feed import BAD_MESSAGES, bad_message
-from tests.e2e.harness import W, expected_windows, gold_feed, group_lag, produce, read_topic
+from tests.e2e.harness import (
+    W,
+    assert_matches_predictor,
+    expected_windows,
+    gold_feed,
+    group_lag,
+    produce,
+    read_topic,
+)
 
 pytestmark = pytest.mark.e2e
 
 
 def forecasts_of(records) -> list[Forecast]:  # type: ignore[no-untyped-def]
     return [decode_forecast(v) for _, v, _ in records]
-
-
-def assert_matches_predictor(forecasts: list[Forecast], windows, predictor) -> None:  # type: ignore[no-untyped-def]
-    keys = [(f.symbol, f.ts) for f in forecasts]
-    stack = np.stack([windows[k] for k in keys])
-    out = predictor.predict_batch(stack)
-    median = list(predictor.quantiles).index(0.5)
-    # The service ran these windows in other batch compositions, where ONNX Runtime's float32
-    # kernels may differ in the last bit; so compare log-returns to 1e-6 (float32 is ~1e-9 here).
-    for f, row, window in zip(forecasts, out, stack, strict=True):
-        assert f.model_version == predictor.version
-        assert f.last_price == window[-1]
-        for value, q in ((f.lower, row[0]), (f.price, row[median]), (f.upper, row[-1])):
-            assert abs(math.log(value / f.last_price) - q) <= 1e-6
 
 
 def test_every_full_window_gives_the_predictors_forecast(setup, kafka_bootstrap, predictor) -> None:  # type: ignore[no-untyped-def]
