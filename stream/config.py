@@ -94,7 +94,7 @@ class WindowSettings(_Section):
     size: int = Field(default=60, ge=2, le=4096)
     #: Entries kept beyond the window so that redelivered ticks get back their original window.
     #: Must cover the largest uncommitted span per symbol: one batch.
-    history: int = Field(default=2048, ge=0, le=100_000)
+    history: int = Field(default=3072, ge=0, le=100_000)
     late_policy: Literal["dead_letter", "drop"] = "dead_letter"
     #: after Redis lost state, at most this many committed ticks per partition are read back
     rebuild_max_ticks: int = Field(default=200_000, ge=0)
@@ -120,6 +120,8 @@ class ProcessingSettings(_Section):
     max_message_bytes: int = Field(default=65_536, ge=64, le=10_485_760)
     #: at-least-once batches published and awaiting delivery reports while the next is processed
     max_in_flight: int = Field(default=2, ge=1, le=16)
+    #: delivered offsets are committed this often (or once max_batch ticks await a commit)
+    commit_interval_s: float = Field(default=0.1, gt=0, le=10)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     redis_retry_max_s: float = Field(default=5.0, gt=0)
 
@@ -150,13 +152,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _history_covers_uncommitted_span(self) -> Settings:
-        # After a crash, up to max_in_flight batches are redelivered; a redelivered tick must still
-        # find its window in the history, or it is skipped as too_old.
-        span = self.processing.max_batch * self.processing.max_in_flight
+        # After a crash, every delivered-but-uncommitted tick (fewer than max_batch) and every
+        # in-flight batch is redelivered; a redelivered tick must still find its window in the
+        # history, or it is skipped as too_old.
+        span = self.processing.max_batch * (self.processing.max_in_flight + 1)
         if self.window.history < span:
             raise ValueError(
                 f"window.history ({self.window.history}) must be at least processing.max_batch x"
-                f" processing.max_in_flight ({span}), the ticks a crash can redeliver"
+                f" (processing.max_in_flight + 1) = {span}, the ticks a crash can redeliver"
             )
         return self
 

@@ -51,7 +51,7 @@ def producer_config(settings: Settings, transactional_id: str | None = None) -> 
         {
             "enable.idempotence": True,
             "acks": "all",
-            "linger.ms": 2,
+            "linger.ms": 0,
             "compression.type": "lz4",
             "batch.num.messages": 10_000,
         }
