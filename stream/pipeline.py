@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -194,8 +194,11 @@ class Pipeline:
                     f" expected ({len(misses)}, {n_q})"
                 )
             fills: list[tuple[str, F64Array]] = []
-            for d, row in zip(misses, result, strict=True):
-                if np.all(np.isfinite(row)):
+            # One pass over the matrix, not one numpy call per row.
+            # (numpy's stubs type .all(axis=...) as "bool or array"; with an axis it is an array.)
+            finite = cast("npt.NDArray[np.bool_]", np.isfinite(result).all(axis=1))
+            for d, row, ok in zip(misses, result, finite, strict=True):
+                if ok:
                     fills.append((d, row))
                     outputs[d] = row
             t0 = clock()

@@ -284,6 +284,9 @@ class Runner:
 
     def _publish(self, batch: _InFlight) -> None:
         t0 = time.perf_counter()
+        # Counted before producing: delivery reports are served only by poll(), below, so none
+        # can arrive first; and a pending count is what keeps the batch from being committed.
+        batch.latch.sent(len(batch.result.forecasts) + len(batch.result.dead_letters))
         for f in batch.result.forecasts:
             self._produce(
                 self.config.forecasts_topic,
@@ -392,6 +395,7 @@ class Runner:
         """Exactly-once: the batch's output and its input offsets in one transaction."""
         produce_started = time.perf_counter()
         self.producer.begin_transaction()
+        self.latch.sent(len(result.forecasts) + len(result.dead_letters))
         for f in result.forecasts:
             self._produce(
                 self.config.forecasts_topic,
@@ -425,6 +429,7 @@ class Runner:
         headers: list[tuple[str, bytes]],
         latch: DeliveryLatch,
     ) -> None:
+        """Produce one message; the caller counts it with latch.sent() (once per batch)."""
         while True:
             try:
                 self.producer.produce(
@@ -434,7 +439,6 @@ class Runner:
                     headers=cast("list[tuple[str, str | bytes | None]]", headers),
                     on_delivery=latch.on_delivery,
                 )
-                latch.sent()
                 return
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.

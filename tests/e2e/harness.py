@@ -128,7 +128,12 @@ def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, b
     )
     n = 0
     for key, value in messages:
-        producer.produce(topic, key=key, value=value)
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:  # local queue full: let deliveries drain it
+                producer.poll(0.05)
         n += 1
         if n % 5000 == 0:
             producer.poll(0)
