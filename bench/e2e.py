@@ -29,6 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+STAGES = ("decode", "window", "cache", "inference", "produce", "commit")
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ticks", type=int, default=200_000)
@@ -209,7 +211,6 @@ def run(args: argparse.Namespace) -> int:
         k: statistics.median(r[k] for r in runs)
         for k in ("ready_s", "ticks_per_s", "forecasts_per_s", "peak_rss_mb")
     }
-    stage_total = statistics.median(r["stages"].get("total", 0.0) for r in runs)
     table = Table(
         title=f"tickcast bench e2e ({len(feed):,} ticks, {args.symbols} symbols, {args.runs} runs, medians)"
     )
@@ -231,13 +232,29 @@ def run(args: argparse.Namespace) -> int:
     )
     table.add_row("cold start to ready", f"{med['ready_s']:.2f} s", "<= 3 s")
     table.add_row("peak RSS", f"{med['peak_rss_mb']:.0f} MB", "<= 400 MB")
-    for stage in ("decode", "window", "cache", "inference", "produce", "commit"):
-        share = (
-            statistics.median(r["stages"].get(stage, 0.0) for r in runs) / stage_total
-            if stage_total
-            else 0
+    table.add_row(
+        f"latency, worst second at {args.rate:,.0f}/s",
+        f"p50 {latency['worst_second_p50_ms']:.0f} ms, max {latency['max_ms']:.0f} ms",
+        "",
+    )
+    # Where a run's wall time went, from the service's own batch_seconds: ms per 1,000 ticks.
+    share = {
+        stage: statistics.median(r["stages"].get(stage, 0.0) / r["seconds"] for r in runs)
+        for stage in STAGES
+    }
+    ms_per_k = 1e6 / med["ticks_per_s"]
+    for stage in STAGES:
+        table.add_row(
+            f"  {stage}",
+            f"{share[stage] * ms_per_k:.1f} ms per 1,000 ticks ({share[stage]:.0%})",
+            "",
         )
-        table.add_row(f"  time in {stage}", f"{share:.0%}", "")
+    other = max(1 - sum(share.values()), 0.0)
+    table.add_row(
+        "  other: loop, objects, metrics",
+        f"{other * ms_per_k:.1f} ms per 1,000 ticks ({other:.0%})",
+        "",
+    )
     console.print(table)
 
     out = Path(args.out)
@@ -289,7 +306,7 @@ def _produce_all(settings: Any, topic: str, messages: list[tuple[bytes | None, b
 
 def _latency(
     settings: Any, bench_id: str, args: argparse.Namespace, series: Any, logs: Path
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Warm the windows, then pace ticks and time each from produce to forecast receipt."""
     import numpy as np
     import orjson
@@ -316,6 +333,7 @@ def _latency(
     svc.start()
     sent_at: dict[tuple[str, int], float] = {}
     latencies: list[float] = []
+    sent_times: list[float] = []
     done = threading.Event()
 
     reader = Consumer(
@@ -342,6 +360,7 @@ def _latency(
                 t = sent_at.get((f.symbol, f.ts))
                 if t is not None:
                     latencies.append(now - t)
+                    sent_times.append(t)
             if done.is_set() and time.time() - last_sent[0] > 10:
                 break
 
@@ -368,10 +387,24 @@ def _latency(
         reader.close()
         svc.stop()
     ms = np.array(latencies) * 1000
+    if not len(ms):
+        raise RuntimeError(f"no forecast arrived in the latency phase; see {svc.log}")
+    # Per second of sending: where the tail comes from (a stall shows as one bad second).
+    seconds = (np.array(sent_times) - min(sent_times)).astype(int)
+    timeline = [
+        {
+            "second": int(sec),
+            "p50_ms": float(np.median(ms[seconds == sec])),
+            "max_ms": float(ms[seconds == sec].max()),
+        }
+        for sec in np.unique(seconds)
+    ]
     return {
         "ticks": len(paced),
         "measured": len(latencies),
-        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
-        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
-        "max_ms": float(ms.max()) if len(ms) else float("nan"),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+        "worst_second_p50_ms": max(t["p50_ms"] for t in timeline),
+        "timeline": timeline,
     }
