@@ -367,10 +367,15 @@ def _latency(
     last_sent = [time.time()]
     thread = threading.Thread(target=read, daemon=True)
     try:
-        _produce_all(settings, topic, [(m.key, m.value) for m in warm])
+        # The warm-up goes through the paced producer itself, so its connection, metadata and
+        # producer id exist before the first timed tick.
+        producer = Producer({**producer_config(settings), "linger.ms": 0})
+        for m in warm:
+            producer.produce(topic, value=m.value, key=m.key)
+            producer.poll(0)
+        producer.flush(30)
         time.sleep(2.0)  # let the service apply the warm-up before timing
         thread.start()
-        producer = Producer({**producer_config(settings), "linger.ms": 0})
         start = time.perf_counter()
         for i, m in enumerate(paced):
             ahead = start + i / args.rate - time.perf_counter()
