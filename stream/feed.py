@@ -1,7 +1,8 @@
 """Tick feeds for replays, demos and benchmarks, derived from a real price series.
 
-Symbol i of N follows the series rotated by i * stride rows and scaled by (1 + i / 100), so every
-symbol is real price movement, the symbols differ, and event time rises per symbol.
+Symbol 0 is the series itself; symbol i of N follows it rotated by i * stride rows and scaled by
+(1 + i / 100), so every symbol is real price movement, the symbols differ, and event time rises per
+symbol.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class FeedMessage:
 
 
 def symbol_names(base: str, count: int) -> list[str]:
-    return [base] if count == 1 else [f"{base}.{i:03d}" for i in range(count)]
+    """The first symbol is the series itself under `base`; the others are derived from it."""
+    return [base] + [f"{base}.{i:03d}" for i in range(1, count)]
 
 
 def ticks(

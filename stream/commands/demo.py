@@ -1,12 +1,15 @@
 """`tickcast demo`: the gold series through the live consumer, end to end, with a summary.
 
 1. Kafka and Redis: the configured ones if they answer, else the local ones (started here).
-2. Fresh topics, group and key prefix for this run, so the summary counts only this run.
-3. The real `tickcast run` process, started as a subprocess (its log goes to .local/logs/).
-4. The held-out days of the gold series (plus the 59 days before them that fill the first window)
+2. Fresh topics, group and key prefix for this run, so the summary counts only this run, and the
+   real `tickcast run` process started as a subprocess (its log goes to .local/logs/).
+3. The held-out days of the gold series (plus the 59 days before them that fill the first window)
    replayed as ticks for a few symbols, with a share of malformed messages mixed in.
-5. Forecasts shown as they arrive; then the consumer is stopped with SIGTERM and a summary printed:
-   ticks in, forecasts out, dead letters, cache hit share, accuracy against persistence.
+4. Forecasts shown as they arrive. Halfway, the consumer is killed with SIGKILL and a new one
+   started: it resumes from the last committed offsets, so some ticks are processed twice; their
+   windows come back from the window store's history and their outputs from the cache.
+5. The consumer is stopped with SIGTERM, and a summary printed: ticks in, forecasts out (every one
+   expected, repeats identical), dead letters, cache hit share, accuracy against persistence.
 """
 
 from __future__ import annotations
@@ -17,15 +20,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from stream import config
 from stream.contracts import Forecast
+from stream.errors import TickcastError
 
 if TYPE_CHECKING:
     from models.data import PriceSeries
@@ -41,9 +47,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--bad-fraction", type=float, default=0.01, help="share of malformed messages"
     )
     parser.add_argument(
-        "--rate", type=float, default=0.0, help="ticks per second (0: as fast as possible)"
+        "--rate", type=float, default=4000.0, help="ticks per second (0: as fast as possible)"
     )
-    parser.add_argument("--show", type=int, default=12, help="forecast lines to print")
+    parser.add_argument("--no-kill", action="store_true", help="do not kill the consumer halfway")
+    parser.add_argument("--show", type=int, default=10, help="forecast lines to print")
 
 
 def _free_port() -> int:
@@ -88,35 +95,89 @@ def ensure_services(settings: config.Settings) -> dict[str, str]:
     return env
 
 
+@dataclass
+class _Consumer:
+    """The `tickcast run` subprocess, restartable, with its metrics port and log."""
+
+    cmd: list[str]
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        with self.log_path.open("a") as log_file:
+            self.proc = subprocess.Popen(self.cmd, stdout=log_file, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                lines = self.log_path.read_text(errors="replace").strip().splitlines() or ["-"]
+                raise TickcastError(
+                    f"the consumer exited with code {self.proc.returncode}: {lines[-1]}"
+                    f" (log {self.log_path})"
+                )
+            try:
+                url = f"http://127.0.0.1:{self.port}/readyz"
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TickcastError(
+            f"the consumer was not ready within {timeout:.0f} s; see {self.log_path}"
+        )
+
+    def stop(self, sig: signal.Signals) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return -9
+
+
+@dataclass
+class _Seen:
+    first: dict[tuple[str, int, str], Forecast] = field(default_factory=dict)
+    repeats: int = 0
+    differing: int = 0
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from models.data import GOLD_CSV, load_prices
     from stream.commands import replay as replay_cmd
     from stream.commands.tail import format_forecast
-    from stream.contracts import decode_forecast
     from stream.feed import symbol_names
+    from stream.kafka import ensure_topics
 
     started = time.monotonic()
-    base = config.load(args.config)
     _say("1/5 Kafka and Redis")
     env = ensure_services(config.load(args.config))
     run_id = uuid.uuid4().hex[:8]
-    metrics_port = _free_port()
+    port = _free_port()
     env.update(
         {
             "TICKCAST_TOPICS__TICKS": f"demo-{run_id}.ticks",
             "TICKCAST_TOPICS__FORECASTS": f"demo-{run_id}.forecasts",
             "TICKCAST_TOPICS__DEAD_LETTER": f"demo-{run_id}.ticks.dlq",
             "TICKCAST_KAFKA__GROUP_ID": f"tickcast-demo-{run_id}",
+            # Kafka's minimum: the killed consumer's partitions move on quickly.
+            "TICKCAST_KAFKA__SESSION_TIMEOUT_MS": "6000",
             "TICKCAST_REDIS__KEY_PREFIX": f"tickcast-demo-{run_id}",
             "TICKCAST_METRICS__HOST": "127.0.0.1",
-            "TICKCAST_METRICS__PORT": str(metrics_port),
+            "TICKCAST_METRICS__PORT": str(port),
         }
     )
     os.environ.update(env)
     settings = config.load(args.config)
-    del base
 
     series = load_prices(GOLD_CSV)
     first = int(np.searchsorted(series.dates, np.datetime64(TEST_START)))
@@ -125,28 +186,23 @@ def run(args: argparse.Namespace) -> int:
     expected = (len(days) - window + 1) * args.symbols
 
     _say(f"2/5 starting the consumer: tickcast run (topics demo-{run_id}.*)")
-    from stream.kafka import ensure_topics
-
-    ensure_topics(
-        settings, [settings.topics.ticks, settings.topics.forecasts, settings.topics.dead_letter]
-    )
+    topics = settings.topics
+    ensure_topics(settings, [topics.ticks, topics.forecasts, topics.dead_letter])
     log_dir = Path(os.environ.get("TICKCAST_LOCAL_DIR", ".local")) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"demo-{run_id}-run.log"
-    cmd = [sys.executable, "-m", "stream.cli"]
-    if args.config:
-        cmd += ["--config", args.config]
-    with log_path.open("w") as log_file:
-        consumer = subprocess.Popen([*cmd, "run"], stdout=log_file, stderr=subprocess.STDOUT)
+    cmd = [sys.executable, "-m", "stream.cli", *(["--config", args.config] if args.config else [])]
+    consumer = _Consumer([*cmd, "run"], port, log_dir / f"demo-{run_id}-run.log")
+    consumer.start()
+    seen = _Seen()
+    code = -1
     try:
-        _wait_ready(metrics_port, consumer, log_path)
-        print(
-            f"consumer ready (pid {consumer.pid}); metrics at http://127.0.0.1:{metrics_port}/metrics"
-        )
+        consumer.wait_ready()
+        print(f"consumer ready; metrics at http://127.0.0.1:{port}/metrics")
 
         _say(
             f"3/5 replaying {len(days)} days of gold ({days.dates[0]} to {days.dates[-1]}) "
-            f"x {args.symbols} symbols, {args.bad_fraction:.0%} malformed"
+            f"x {args.symbols} symbols at {args.rate:,.0f} ticks/s, "
+            f"{args.bad_fraction:.0%} malformed"
         )
         replay_args = argparse.Namespace(
             csv=None,
@@ -157,50 +213,52 @@ def run(args: argparse.Namespace) -> int:
             rate=args.rate,
             bad_fraction=args.bad_fraction,
             seed=7,
-            quiet=not sys.stdout.isatty(),
+            quiet=True,
         )
-        sent = replay_cmd.publish(settings, settings.topics.ticks, replay_args)
-        print(f"published {sent['ticks']} ticks and {sent['bad']} malformed messages")
+        sent: dict[str, int] = {}
+        feeder = threading.Thread(
+            target=lambda: sent.update(replay_cmd.publish(settings, topics.ticks, replay_args)),
+            daemon=True,
+        )
+        feeder.start()
 
-        _say(f"4/5 forecasts arriving (expecting {expected})")
-        forecasts = _collect(settings, expected, args.show, format_forecast, decode_forecast)
-        scraped = _scrape(metrics_port)
+        _say(f"4/5 forecasts arriving (expecting {expected:,})")
+
+        def halfway() -> None:
+            if args.no_kill or consumer.starts > 1:
+                return
+            consumer.stop(signal.SIGKILL)
+            print(
+                f"  -- killed the consumer with SIGKILL after {len(seen.first):,} forecasts;"
+                " starting a new one, which resumes from the last committed offsets",
+                flush=True,
+            )
+            consumer.start()
+
+        _collect(settings, expected, args.show, format_forecast, seen, halfway)
+        feeder.join(timeout=60)
+        dead = _dead_letters(settings, sent.get("bad", 0))
+        scraped = _scrape(port)
+        code = consumer.stop(signal.SIGTERM)
     finally:
-        consumer.send_signal(signal.SIGTERM)
-        try:
-            code = consumer.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            consumer.kill()
-            code = -9
+        if consumer.proc is not None and consumer.proc.poll() is None:
+            consumer.proc.kill()
 
     _say("5/5 summary")
-    symbol = symbol_names("XAUUSD", args.symbols)[0]
     _summary(
-        series, forecasts, symbol, scraped, sent, expected, code, metrics_port, log_path, started
+        series,
+        seen,
+        symbol_names("XAUUSD", args.symbols)[0],
+        scraped,
+        sent,
+        dead,
+        expected,
+        code,
+        consumer,
+        started,
     )
-    return 0 if code == 0 and len(forecasts) == expected else 1
-
-
-def _wait_ready(
-    port: int, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 60.0
-) -> None:
-    from stream.errors import TickcastError
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            lines = log_path.read_text(errors="replace").strip().splitlines() or ["(no output)"]
-            raise TickcastError(
-                f"the consumer exited with code {proc.returncode}: {lines[-1]} (log {log_path})"
-            )
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TickcastError(f"the consumer was not ready within {timeout:.0f} s; see {log_path}")
+    ok = code == 0 and len(seen.first) == expected and seen.differing == 0
+    return 0 if ok else 1
 
 
 def _collect(
@@ -208,12 +266,15 @@ def _collect(
     expected: int,
     show: int,
     fmt: Callable[[Forecast], str],
-    decode: Callable[[bytes], Forecast],
-) -> list[Forecast]:
-    """Read forecasts until `expected` arrived or none came for 30 s, printing about `show`."""
+    seen: _Seen,
+    halfway: Callable[[], None],
+) -> None:
+    """Read forecasts until every expected one arrived (or none for 30 s), printing about `show`."""
     from confluent_kafka import Consumer
 
-    consumer = Consumer(
+    from stream.contracts import decode_forecast
+
+    reader = Consumer(
         {
             **settings.kafka.librdkafka_common(),
             "group.id": f"{settings.kafka.group_id}-reader",
@@ -222,23 +283,68 @@ def _collect(
             "isolation.level": "read_committed",
         }
     )
-    consumer.subscribe([settings.topics.forecasts])
-    got: list[Forecast] = []
-    idle_since = time.monotonic()
+    reader.subscribe([settings.topics.forecasts])
     step = max(expected // max(show, 1), 1)
+    idle_since = time.monotonic()
     try:
-        while len(got) < expected and time.monotonic() - idle_since < 30:
-            for msg in consumer.consume(1000, timeout=0.5):
+        while len(seen.first) < expected and time.monotonic() - idle_since < 30:
+            for msg in reader.consume(500, timeout=0.3):
                 if msg.error():
                     continue
-                f = decode(msg.value() or b"")
-                got.append(f)
+                f = decode_forecast(msg.value() or b"")
+                key = (f.symbol, f.ts, f.model_version)
                 idle_since = time.monotonic()
-                if len(got) % step == 1 or step == 1:
+                if key in seen.first:
+                    seen.repeats += 1
+                    seen.differing += _without_cache_fields(
+                        seen.first[key]
+                    ) != _without_cache_fields(f)
+                    continue
+                seen.first[key] = f
+                if len(seen.first) % step == 1 or step == 1:
                     print("  " + fmt(f), flush=True)
+                if len(seen.first) >= expected // 2:
+                    halfway()
     finally:
-        consumer.close()
-    return got
+        reader.close()
+
+
+def _without_cache_fields(f: Forecast) -> tuple[object, ...]:
+    """A forecast without `cached` and `produced_at`, the two fields a repeat may change."""
+    return tuple(getattr(f, x.name) for x in fields(f) if x.name not in ("cached", "produced_at"))
+
+
+def _dead_letters(settings: config.Settings, expect: int) -> dict[str, int]:
+    """Dead letters by reason, read from the topic, once per source offset (a repeat after the
+    kill is the same bad message)."""
+    from confluent_kafka import Consumer
+
+    reader = Consumer(
+        {
+            **settings.kafka.librdkafka_common(),
+            "group.id": f"{settings.kafka.group_id}-dlq-reader",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    reader.subscribe([settings.topics.dead_letter])
+    seen: dict[tuple[bytes, bytes], str] = {}
+    deadline = time.monotonic() + 15
+    try:
+        while len(seen) < expect and time.monotonic() < deadline:
+            for msg in reader.consume(500, timeout=0.3):
+                if msg.error():
+                    continue
+                headers = cast("list[tuple[str, bytes]]", msg.headers() or [])
+                h = dict(headers)
+                where = (h.get("source.partition", b""), h.get("source.offset", b""))
+                seen[where] = h.get("error", b"?").decode()
+    finally:
+        reader.close()
+    counts: dict[str, int] = {}
+    for reason in seen.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -254,14 +360,14 @@ def _scrape(port: int) -> dict[str, float]:
 
 def _summary(
     series: PriceSeries,
-    forecasts: list[Forecast],
+    seen: _Seen,
     symbol: str,
     scraped: dict[str, float],
     sent: dict[str, int],
+    dead: dict[str, int],
     expected: int,
     code: int,
-    port: int,
-    log_path: Path,
+    consumer: _Consumer,
     started: float,
 ) -> None:
     import numpy as np
@@ -271,43 +377,52 @@ def _summary(
     def metric(prefix: str) -> float:
         return float(sum(v for k, v in scraped.items() if k.startswith(prefix)))
 
-    # Accuracy on the held-out days: the base symbol is the unscaled, unrotated gold series.
-    ts_index = {
-        int(t): i for i, t in enumerate(series.dates.astype("datetime64[ms]").astype(np.int64))
-    }
+    # Accuracy on the held-out days: the base symbol is the gold series itself.
+    day_ms = series.dates.astype("datetime64[ms]").astype(np.int64)
+    ts_index = {int(t): i for i, t in enumerate(day_ms)}
     model_err, naive_err, inside = [], [], 0
-    for f in forecasts:
-        if f.symbol != symbol:
-            continue
+    for f in seen.first.values():
         i = ts_index.get(f.ts)
-        if i is None or i + 1 >= len(series):
+        if f.symbol != symbol or i is None or i + 1 >= len(series):
             continue
         actual = float(series.prices[i + 1])
         model_err.append(abs(f.price - actual))
         naive_err.append(abs(f.last_price - actual))
         inside += f.lower <= actual <= f.upper
     n = len(model_err)
-    mae, naive = (
-        (float(np.mean(model_err)), float(np.mean(naive_err))) if n else (float("nan"),) * 2
-    )
+    mae = float(np.mean(model_err)) if n else float("nan")
+    naive = float(np.mean(naive_err)) if n else float("nan")
     hits = metric('tickcast_cache_requests_total{result="hit"}')
     misses = metric('tickcast_cache_requests_total{result="miss"}')
 
     table = Table(title="tickcast demo", show_header=False)
-    table.add_row("ticks in", f"{sent['ticks']:,} good + {sent['bad']:,} malformed")
+    table.add_row("ticks in", f"{sent.get('ticks', 0):,} good + {sent.get('bad', 0):,} malformed")
     table.add_row(
-        "forecasts out", f"{len(forecasts):,} (expected {expected:,}: one per full window)"
+        "forecasts out",
+        f"{len(seen.first):,} of {expected:,} expected (one per full window), none missing"
+        if len(seen.first) == expected
+        else f"{len(seen.first):,} of {expected:,} expected: {expected - len(seen.first):,} MISSING",
     )
-    table.add_row("dead letters", f"{int(metric('tickcast_dead_letters_total')):,}")
     table.add_row(
-        "cache hit share", f"{hits / max(hits + misses, 1):.1%} of {int(hits + misses):,} lookups"
+        "after the SIGKILL",
+        f"{seen.repeats:,} forecasts published again, "
+        + ("all identical to the first" if not seen.differing else f"{seen.differing} DIFFERENT"),
+    )
+    table.add_row(
+        "dead letters",
+        f"{sum(dead.values()):,}: " + ", ".join(f"{r} {n}" for r, n in sorted(dead.items())),
+    )
+    table.add_row(
+        "cache",
+        f"{hits / max(hits + misses, 1):.0%} hits on {int(hits + misses):,} lookups"
+        " (the redelivered windows, served without the model)",
     )
     table.add_row(
         f"accuracy, {symbol}",
         f"{n:,} held-out days: model MAE {mae:.2f} USD, persistence MAE {naive:.2f} USD, "
         f"MASE {mae / naive:.3f}, 80% interval coverage {inside / max(n, 1):.1%}",
     )
-    table.add_row("consumer exit", f"{code} after SIGTERM (log {log_path})")
-    table.add_row("metrics", f"http://127.0.0.1:{port}/metrics (while the consumer runs)")
+    table.add_row("consumer exit", f"{code} after SIGTERM (log {consumer.log_path})")
+    table.add_row("metrics", f"http://127.0.0.1:{consumer.port}/metrics while a consumer runs")
     table.add_row("took", f"{time.monotonic() - started:.1f} s")
     Console().print(table)
