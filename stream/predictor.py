@@ -87,11 +87,12 @@ def shipped_artifacts_dir() -> Path:
 
 
 def resolve_artifact(path: str | Path = "") -> Path:
-    """The artifact folder: `path` if given, else the one models/artifacts/CURRENT names."""
-    if str(path):
+    """The artifact folder: `path` if it is one; the one a CURRENT file in `path` names, if `path`
+    is a folder of artifacts; else the one the shipped models/artifacts/CURRENT names."""
+    if str(path) and not (Path(path) / "CURRENT").is_file():
         folder = Path(path)
     else:
-        current = shipped_artifacts_dir() / "CURRENT"
+        current = (Path(path) if str(path) else shipped_artifacts_dir()) / "CURRENT"
         try:
             name = current.read_text(encoding="utf-8").strip()
         except FileNotFoundError:

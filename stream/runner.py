@@ -109,6 +109,8 @@ class Runner:
         health: Health,
         *,
         rebuilder: Rebuilder | None = None,
+        between_batches: Callable[[], None] = lambda: None,
+        on_sighup: Callable[[], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -119,6 +121,8 @@ class Runner:
         self.health = health
         self.wall_clock = wall_clock
         self.rebuilder = rebuilder
+        self.between_batches = between_batches
+        self.on_sighup = on_sighup
         self.latch = DeliveryLatch()  # exactly-once batches
         self.in_flight: deque[_InFlight] = deque()
         self._uncommitted = 0  # delivered ticks whose offsets are not yet committed
@@ -140,6 +144,14 @@ class Runner:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        if self.on_sighup is not None:
+            sighup = self.on_sighup
+
+            def reload(signum: int, frame: FrameType | None) -> None:
+                log.info("signal=SIGHUP model reload at the next batch boundary")
+                sighup()
+
+            signal.signal(signal.SIGHUP, reload)
 
     def stop(self) -> None:
         self.stopping = True
@@ -206,6 +218,7 @@ class Runner:
                     self.handle_batch(messages)
                 self._settle()
                 self._update_lag()
+                self.between_batches()
         finally:
             self._drain()
             self.commit_delivered(self.assignment)

@@ -21,8 +21,9 @@ from stream.errors import UnreachableError
 from stream.kafka import check_reachable, consumer_config, ensure_topics, producer_config
 from stream.metrics import Health, Metrics, serve
 from stream.pipeline import Pipeline
-from stream.predictor import load_predictor
+from stream.predictor import Predictor, load_predictor
 from stream.rebuild import Rebuilder
+from stream.reload import ModelReloader
 from stream.runner import Runner, RunnerConfig
 from stream.windows import WindowStore
 
@@ -144,7 +145,27 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         on_rebuilt=lambda n: metrics.ticks.labels(outcome="rebuilt").inc(n),
         retry_max_s=settings.processing.redis_retry_max_s,
     )
-    runner = Runner(config, consumer, producer, pipeline, metrics, health, rebuilder=rebuilder)
+
+    def swap(new: Predictor) -> None:
+        # Between batches, on the loop's thread: the next batch is computed by the new model
+        # and looked up and cached under its version.
+        pipeline.predictor = new
+        cache.model_version = new.version
+        metrics.set_model(new.version)
+        metrics.model_reloads.inc()
+
+    reloader = ModelReloader(settings.model, settings.window.size, predictor, swap)
+    runner = Runner(
+        config,
+        consumer,
+        producer,
+        pipeline,
+        metrics,
+        health,
+        rebuilder=rebuilder,
+        between_batches=reloader.between_batches,
+        on_sighup=reloader.request,
+    )
     runner_ref.append(runner)
     consumer.subscribe(
         [settings.topics.ticks],
