@@ -33,3 +33,57 @@ def test_compose_runs_kafka_kraft_and_persistent_redis_on_configured_ports() -> 
     assert "--appendonly" in redis["command"] and "yes" in redis["command"]
     redis_port = int(defaults.redis.url.split(":")[-1].split("/")[0])
     assert redis_port in _published(redis)
+
+
+def _exported_metrics() -> set[str]:
+    from prometheus_client import CollectorRegistry
+
+    from stream.metrics import Metrics
+
+    names: set[str] = set()
+    for family in Metrics(CollectorRegistry()).registry.collect():
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        if family.type == "histogram":
+            names.update(f"{family.name}_{s}" for s in ("bucket", "sum", "count"))
+    return names
+
+
+def test_compose_runs_the_service_scraped_by_prometheus_with_the_alert_rules() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    tickcast = services["tickcast"]
+    assert tickcast["build"] == "."
+    env = tickcast["environment"]
+    kafka_internal = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert f"PLAINTEXT://{env['TICKCAST_KAFKA__BOOTSTRAP_SERVERS']}" in kafka_internal
+    assert env["TICKCAST_REDIS__URL"].startswith("redis://redis:")
+    assert env["TICKCAST_METRICS__HOST"] == "0.0.0.0"  # reachable by Prometheus in its network
+    assert services["replay"]["command"][0] == "replay"
+
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert targets == [f"tickcast:{env['TICKCAST_METRICS__PORT']}"]
+    mounted = " ".join(services["prometheus"]["volumes"])
+    assert "alerts.yml" in mounted and "/etc/prometheus/alerts.yml" in prometheus["rule_files"]
+
+
+def test_dashboard_queries_only_exported_metrics() -> None:
+    import json
+    import re
+
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/tickcast.json").read_text())
+    exported = _exported_metrics()
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert any("tickcast_consumer_lag" in e for e in exprs)
+    for expr in exprs:
+        for name in re.findall(r"\btickcast_[a-z_]+", expr):
+            assert name in exported, f"dashboard queries unknown metric {name}"
+
+
+def test_dockerfile_serves_without_tensorflow_on_a_reachable_metrics_port() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install ." in dockerfile and "[train]" not in dockerfile.split("pip install")[1]
+    assert "TICKCAST_METRICS__HOST=0.0.0.0" in dockerfile
+    assert 'CMD ["run"]' in dockerfile and "USER tickcast" in dockerfile

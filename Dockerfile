@@ -1,0 +1,20 @@
+# tickcast service image: ONNX Runtime serving, no TensorFlow (the [train] extra is not installed).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+
+COPY pyproject.toml README.md ./
+COPY stream ./stream
+COPY models ./models
+COPY bench ./bench
+COPY config.toml ./
+RUN pip install . && useradd --system --uid 10001 tickcast
+USER tickcast
+
+# Metrics must listen beyond loopback inside a container; compose maps the port.
+ENV TICKCAST_METRICS__HOST=0.0.0.0
+EXPOSE 9400
+HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9400/healthz').status == 200 else 1)"
+ENTRYPOINT ["tickcast"]
+CMD ["run"]
