@@ -133,6 +133,20 @@ def ensure_topics(
     return wanted
 
 
+def delete_topics(settings: Settings, names: Iterable[str]) -> None:
+    """Delete topics a demo or benchmark made (a broker slows down with thousands of partitions)."""
+    admin = AdminClient(settings.kafka.librdkafka_common())
+    existing = set(admin.list_topics(timeout=10).topics)
+    doomed = [n for n in dict.fromkeys(names) if n in existing]
+    if not doomed:
+        return
+    for name, fut in admin.delete_topics(doomed, operation_timeout=30).items():
+        try:
+            fut.result(timeout=60)
+        except KafkaException as exc:
+            log.warning("could not delete topic %s: %s", name, exc)
+
+
 def committed_lag(
     consumer: Consumer, partitions: list[TopicPartition], committed: dict[tuple[str, int], int]
 ) -> dict[tuple[str, int], int]:

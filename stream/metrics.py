@@ -101,6 +101,20 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """A running service's tickcast_* samples, keyed by name with labels (demo and benchmarks)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(f"{PREFIX}_") and " " in line:
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
 @dataclass
 class Health:
     """What /readyz reports; the runner flips these, the HTTP thread only reads them."""

@@ -64,6 +64,20 @@ def redis_client(settings: Settings) -> redis.Redis:
     return client
 
 
+def delete_keys(client: redis.Redis, key_prefix: str) -> int:
+    """Delete every key under `key_prefix:` (a demo's or benchmark's windows and cache)."""
+    deleted = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=f"{key_prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            deleted += int(client.delete(*batch))
+            batch.clear()
+    if batch:
+        deleted += int(client.delete(*batch))
+    return deleted
+
+
 def _safe_url(url: str) -> str:
     """The URL without any password in it, for messages."""
     if "@" in url:

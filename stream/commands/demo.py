@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,8 @@ from typing import TYPE_CHECKING, cast
 from stream import config
 from stream.contracts import Forecast
 from stream.errors import TickcastError
+from stream.localinfra import free_port
+from stream.metrics import scrape
 
 if TYPE_CHECKING:
     from models.data import PriceSeries
@@ -51,12 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-kill", action="store_true", help="do not kill the consumer halfway")
     parser.add_argument("--show", type=int, default=10, help="forecast lines to print")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    parser.add_argument(
+        "--keep", action="store_true", help="keep this run's topics and Redis keys afterwards"
+    )
 
 
 def _say(text: str) -> None:
@@ -162,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     _say("1/5 Kafka and Redis")
     env = ensure_services(config.load(args.config))
     run_id = uuid.uuid4().hex[:8]
-    port = _free_port()
+    port = free_port()
     env.update(
         {
             "TICKCAST_TOPICS__TICKS": f"demo-{run_id}.ticks",
@@ -238,12 +236,14 @@ def run(args: argparse.Namespace) -> int:
         _collect(settings, expected, args.show, format_forecast, seen, halfway)
         feeder.join(timeout=60)
         dead = _dead_letters(settings, sent.get("bad", 0))
-        scraped = _scrape(port)
+        scraped = scrape(port)
         code = consumer.stop(signal.SIGTERM)
     finally:
         if consumer.proc is not None and consumer.proc.poll() is None:
             consumer.proc.kill()
 
+    if not args.keep:
+        _clean_up(settings)
     _say("5/5 summary")
     _summary(
         series,
@@ -259,6 +259,20 @@ def run(args: argparse.Namespace) -> int:
     )
     ok = code == 0 and len(seen.first) == expected and seen.differing == 0
     return 0 if ok else 1
+
+
+def _clean_up(settings: config.Settings) -> None:
+    """Delete this run's topics and Redis keys: a broker slows down as partitions pile up."""
+    from stream.kafka import delete_topics
+    from stream.service import delete_keys, redis_client
+
+    topics = settings.topics
+    delete_topics(settings, [topics.ticks, topics.forecasts, topics.dead_letter])
+    client = redis_client(settings)
+    try:
+        delete_keys(client, settings.redis.key_prefix)
+    finally:
+        client.close()
 
 
 def _collect(
@@ -345,17 +359,6 @@ def _dead_letters(settings: config.Settings, expect: int) -> dict[str, int]:
     for reason in seen.values():
         counts[reason] = counts.get(reason, 0) + 1
     return counts
-
-
-def _scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("tickcast_") and " " in line:
-            name, value = line.rsplit(" ", 1)
-            values[name] = values.get(name, 0.0) + float(value)
-    return values
 
 
 def _summary(
