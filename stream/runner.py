@@ -2,8 +2,9 @@
 
 One batch at a time, on the main thread:
 
-    consume(max_batch) -> pipeline.process (Redis + model) -> produce forecasts and dead letters
-    -> flush -> raise latched delivery errors -> commit offsets (or commit the transaction)
+    consume(up to max_batch) -> pipeline.process (Redis + model) -> produce forecasts and dead
+    letters -> (delivery reports) -> commit the offsets of wholly acknowledged batches, in order
+    (exactly-once: produce -> send offsets to the transaction -> commit the transaction)
 
 At-least-once: a published batch is not waited for. Up to `max_in_flight` batches may await their
 delivery reports while the next one is processed; batches are committed in order, each only once
@@ -511,9 +512,10 @@ class Runner:
                 if ts is not None and ts > 0:
                     m.tick_to_forecast_seconds.observe(max(now_ms - ts, 0.0) / 1000.0)
 
-    def _update_lag(self, force: bool = False) -> None:
+    def _update_lag(self) -> None:
+        """Refresh the lag gauge, at most once a second (watermarks come from fetch responses)."""
         now = time.monotonic()
-        if not self.assignment or (not force and now - self._last_lag_update < 1.0):
+        if not self.assignment or now - self._last_lag_update < 1.0:
             return
         self._last_lag_update = now
         for (topic, part), lag in committed_lag(
