@@ -1,10 +1,11 @@
 """The Kafka adapter: client construction, the delivery latch, topics, lag. Only this module and the
 runner touch confluent_kafka.
 
-Commit order, written down once (the runner obeys it):
-    produce forecasts and dead letters -> flush -> raise any delivery error the callback latched
-    -> commit the batch's offsets (at-least-once: synchronous commit; exactly-once: offsets sent to
-    the transaction, then commit_transaction).
+The commit rule (stream/runner.py obeys it): a batch's input offsets are committed only after every
+forecast and dead letter it produced is acknowledged by the broker, and batches are committed in
+order. At-least-once: each batch's DeliveryLatch counts its outstanding messages and keeps the first
+error; acknowledged batches' offsets are committed asynchronously (synchronously on revoke and
+close). Exactly-once: the offsets are sent to the batch's transaction, then commit_transaction.
 """
 
 from __future__ import annotations
