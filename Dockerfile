@@ -4,12 +4,12 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY stream ./stream
 COPY models ./models
 COPY bench ./bench
 COPY config.toml ./
-RUN pip install . && useradd --system --uid 10001 tickcast
+RUN pip install -c constraints.txt . && useradd --system --uid 10001 tickcast
 USER tickcast
 
 # Metrics must listen beyond loopback inside a container; compose maps the port.

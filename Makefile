@@ -3,20 +3,20 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down status test unit lint typecheck fmt demo bench train evaluate clean
+.PHONY: help install up down status test unit lint typecheck fmt demo bench train evaluate lock clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tickcast needs Python >= 3.11")'
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[train,test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[train,test]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP) ## create .venv and install tickcast with its [train,test] extras
@@ -64,6 +64,14 @@ train: $(STAMP) ## train a new model artifact on the bundled gold series
 
 evaluate: $(STAMP) ## evaluate the served artifact against persistence
 	$(BIN)/tickcast evaluate
+
+lock: ## refresh constraints.txt from the newest versions pyproject.toml allows (then run make test)
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q -e '.[train,test]'
+	head -3 constraints.txt > constraints.new
+	.lock-venv/bin/pip freeze --exclude-editable >> constraints.new
+	mv constraints.new constraints.txt && rm -rf .lock-venv
 
 clean: down ## stop services, remove .venv and .local
 	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache

@@ -84,6 +84,7 @@ def test_dashboard_queries_only_exported_metrics() -> None:
 
 def test_dockerfile_serves_without_tensorflow_on_a_reachable_metrics_port() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "pip install ." in dockerfile and "[train]" not in dockerfile.split("pip install")[1]
+    install = dockerfile.split("RUN pip install", 1)[1].splitlines()[0]
+    assert "-c constraints.txt ." in install and "[train]" not in install  # pinned, no TensorFlow
     assert "TICKCAST_METRICS__HOST=0.0.0.0" in dockerfile
     assert 'CMD ["run"]' in dockerfile and "USER tickcast" in dockerfile
