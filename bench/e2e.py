@@ -300,17 +300,12 @@ def _env(ticks_topic: str, run_id: str) -> dict[str, str]:
 def _produce_all(settings: Any, topic: str, messages: list[tuple[bytes | None, bytes]]) -> float:
     from confluent_kafka import Producer
 
-    from stream.kafka import producer_config
+    from stream.kafka import produce, producer_config
 
     producer = Producer(producer_config(settings))
     t0 = time.perf_counter()
     for key, value in messages:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce(producer, topic, key, value)
     if producer.flush(120):
         raise RuntimeError("replay not delivered within 120 s")
     return time.perf_counter() - t0

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -97,6 +97,31 @@ class DeliveryLatch:
             err, self.error = self.error, None
         if err is not None:
             raise DeliveryError(f"delivery failed: {err.name()} ({err.str()})")
+
+
+def produce(
+    producer: Producer,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None = None,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+) -> None:
+    """Produce one message, waiting for room when librdkafka's local queue is full."""
+    # The client's stubs want a list of (str, str | bytes | None); ours holds bytes only.
+    wire_headers = cast("list[tuple[str, str | bytes | None]] | None", headers)
+    while True:
+        try:
+            if on_delivery is None:
+                producer.produce(topic, value=value, key=key, headers=wire_headers)
+            else:
+                producer.produce(
+                    topic, value=value, key=key, headers=wire_headers, on_delivery=on_delivery
+                )
+            return
+        except BufferError:
+            # Serving delivery reports is what frees the queue.
+            producer.poll(0.05)
 
 
 def check_reachable(settings: Settings, timeout: float = 10.0) -> None:

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Protocol, cast
+from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -46,7 +46,7 @@ from stream.contracts import (
     forecast_headers,
 )
 from stream.errors import DeliveryError, StoreUnavailable
-from stream.kafka import DeliveryLatch, committed_lag
+from stream.kafka import DeliveryLatch, committed_lag, produce
 from stream.metrics import Health, Metrics
 from stream.rebuild import Rebuilder
 
@@ -302,16 +302,22 @@ class Runner:
         # can arrive first; and a pending count is what keeps the batch from being committed.
         batch.latch.sent(len(batch.result.forecasts) + len(batch.result.dead_letters))
         for f in batch.result.forecasts:
-            self._produce(
+            produce(
+                self.producer,
                 self.config.forecasts_topic,
                 f.symbol.encode(),
                 encode_forecast(f),
                 forecast_headers(f),
-                batch.latch,
+                batch.latch.on_delivery,
             )
         for r in batch.result.dead_letters:
-            self._produce(
-                self.config.dead_letter_topic, r.key, r.value, dead_letter_headers(r), batch.latch
+            produce(
+                self.producer,
+                self.config.dead_letter_topic,
+                r.key,
+                r.value,
+                dead_letter_headers(r),
+                batch.latch.on_delivery,
             )
         self.in_flight.append(batch)
         self.producer.poll(0)
@@ -411,16 +417,22 @@ class Runner:
         self.producer.begin_transaction()
         self.latch.sent(len(result.forecasts) + len(result.dead_letters))
         for f in result.forecasts:
-            self._produce(
+            produce(
+                self.producer,
                 self.config.forecasts_topic,
                 f.symbol.encode(),
                 encode_forecast(f),
                 forecast_headers(f),
-                self.latch,
+                self.latch.on_delivery,
             )
         for r in result.dead_letters:
-            self._produce(
-                self.config.dead_letter_topic, r.key, r.value, dead_letter_headers(r), self.latch
+            produce(
+                self.producer,
+                self.config.dead_letter_topic,
+                r.key,
+                r.value,
+                dead_letter_headers(r),
+                self.latch.on_delivery,
             )
         commit_started = time.perf_counter()
         self.producer.send_offsets_to_transaction(
@@ -434,29 +446,6 @@ class Runner:
             self.committed[(tp.topic, tp.partition)] = tp.offset
         self.metrics.batch_seconds.labels(stage="produce").observe(commit_started - produce_started)
         self.metrics.batch_seconds.labels(stage="commit").observe(done - commit_started)
-
-    def _produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]],
-        latch: DeliveryLatch,
-    ) -> None:
-        """Produce one message; the caller counts it with latch.sent() (once per batch)."""
-        while True:
-            try:
-                self.producer.produce(
-                    topic,
-                    value=value,
-                    key=key,
-                    headers=cast("list[tuple[str, str | bytes | None]]", headers),
-                    on_delivery=latch.on_delivery,
-                )
-                return
-            except BufferError:
-                # The local queue is full: serve delivery reports until there is room.
-                self.producer.poll(0.05)
 
     def _recover(self, exc: Exception, messages: list[Message]) -> None:
         """Undo a failed publish: abort the transaction; rewind to the first offsets of `messages`."""

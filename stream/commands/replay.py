@@ -6,14 +6,8 @@ import argparse
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
 
 from stream import config
-
-if TYPE_CHECKING:
-    from confluent_kafka import Producer
-
-    from stream.kafka import DeliveryLatch
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +51,7 @@ def publish(settings: config.Settings, topic: str, args: argparse.Namespace) -> 
     from models.data import GOLD_CSV, load_prices
     from stream.errors import DeliveryError
     from stream.feed import bad_message, ticks
-    from stream.kafka import DeliveryLatch, producer_config
+    from stream.kafka import DeliveryLatch, produce, producer_config
 
     series = load_prices(args.csv or GOLD_CSV)
     if args.last:
@@ -74,9 +68,11 @@ def publish(settings: config.Settings, topic: str, args: argparse.Namespace) -> 
         for msg in ticks(series.dates, series.prices, args.symbols, args.symbol, rows):
             if args.bad_fraction and rng.random() < args.bad_fraction:
                 _, bad = bad_message(counts["bad"], settings.processing.max_message_bytes)
-                _produce(producer, latch, topic, bad.key, bad.value)
+                latch.sent()
+                produce(producer, topic, bad.key, bad.value, on_delivery=latch.on_delivery)
                 counts["bad"] += 1
-            _produce(producer, latch, topic, msg.key, msg.value)
+            latch.sent()
+            produce(producer, topic, msg.key, msg.value, on_delivery=latch.on_delivery)
             counts["ticks"] += 1
             if counts["ticks"] % 1000 == 0:
                 progress.update(task, completed=counts["ticks"])
@@ -92,15 +88,3 @@ def publish(settings: config.Settings, topic: str, args: argparse.Namespace) -> 
     if left:
         raise DeliveryError(f"{left} ticks not delivered to {topic} within 60 s")
     return counts
-
-
-def _produce(
-    producer: Producer, latch: DeliveryLatch, topic: str, key: bytes | None, value: bytes
-) -> None:
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key, on_delivery=latch.on_delivery)
-            latch.sent()
-            return
-        except BufferError:
-            producer.poll(0.05)
