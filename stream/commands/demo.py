@@ -17,11 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -30,8 +27,7 @@ from typing import TYPE_CHECKING, cast
 
 from stream import config
 from stream.contracts import Forecast
-from stream.errors import TickcastError
-from stream.localinfra import free_port
+from stream.launch import ServiceProcess, ensure_services
 from stream.metrics import scrape
 
 if TYPE_CHECKING:
@@ -61,85 +57,6 @@ def _say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def ensure_services(settings: config.Settings) -> dict[str, str]:
-    """Environment overrides pointing at services that answer (starting local ones if needed)."""
-    from stream import localinfra
-    from stream.errors import UnreachableError
-    from stream.kafka import check_reachable
-    from stream.service import redis_client
-
-    env: dict[str, str] = {}
-    try:
-        check_reachable(settings, timeout=3.0)
-        kafka_ok = True
-    except UnreachableError:
-        kafka_ok = False
-    try:
-        redis_client(settings).close()
-        redis_ok = True
-    except UnreachableError:
-        redis_ok = False
-    if kafka_ok and redis_ok:
-        print(
-            f"using Kafka at {settings.kafka.bootstrap_servers} and Redis at {settings.redis.url}"
-        )
-        return env
-    print("no Kafka/Redis answering at the configured addresses: starting the local ones")
-    bootstrap, redis_url = localinfra.up()
-    if not kafka_ok:
-        env["TICKCAST_KAFKA__BOOTSTRAP_SERVERS"] = bootstrap
-    if not redis_ok:
-        env["TICKCAST_REDIS__URL"] = redis_url
-    return env
-
-
-@dataclass
-class _Consumer:
-    """The `tickcast run` subprocess, restartable, with its metrics port and log."""
-
-    cmd: list[str]
-    port: int
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        with self.log_path.open("a") as log_file:
-            self.proc = subprocess.Popen(self.cmd, stdout=log_file, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                lines = self.log_path.read_text(errors="replace").strip().splitlines() or ["-"]
-                raise TickcastError(
-                    f"the consumer exited with code {self.proc.returncode}: {lines[-1]}"
-                    f" (log {self.log_path})"
-                )
-            try:
-                url = f"http://127.0.0.1:{self.port}/readyz"
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise TickcastError(
-            f"the consumer was not ready within {timeout:.0f} s; see {self.log_path}"
-        )
-
-    def stop(self, sig: signal.Signals) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return -9
-
-
 @dataclass
 class _Seen:
     first: dict[tuple[str, int, str], Forecast] = field(default_factory=dict)
@@ -160,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
     _say("1/5 Kafka and Redis")
     env = ensure_services(config.load(args.config))
     run_id = uuid.uuid4().hex[:8]
-    port = free_port()
     env.update(
         {
             "TICKCAST_TOPICS__TICKS": f"demo-{run_id}.ticks",
@@ -171,7 +87,6 @@ def run(args: argparse.Namespace) -> int:
             "TICKCAST_KAFKA__SESSION_TIMEOUT_MS": "6000",
             "TICKCAST_REDIS__KEY_PREFIX": f"tickcast-demo-{run_id}",
             "TICKCAST_METRICS__HOST": "127.0.0.1",
-            "TICKCAST_METRICS__PORT": str(port),
         }
     )
     os.environ.update(env)
@@ -188,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
     ensure_topics(settings, [topics.ticks, topics.forecasts, topics.dead_letter])
     log_dir = Path(os.environ.get("TICKCAST_LOCAL_DIR", ".local")) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "stream.cli", *(["--config", args.config] if args.config else [])]
-    consumer = _Consumer([*cmd, "run"], port, log_dir / f"demo-{run_id}-run.log")
+    consumer = ServiceProcess(log_dir / f"demo-{run_id}-run.log", config_path=args.config)
+    port = consumer.port
     consumer.start()
     seen = _Seen()
     code = -1
@@ -239,8 +154,7 @@ def run(args: argparse.Namespace) -> int:
         scraped = scrape(port)
         code = consumer.stop(signal.SIGTERM)
     finally:
-        if consumer.proc is not None and consumer.proc.poll() is None:
-            consumer.proc.kill()
+        consumer.kill_if_running()
 
     if not args.keep:
         _clean_up(settings)
@@ -370,7 +284,7 @@ def _summary(
     dead: dict[str, int],
     expected: int,
     code: int,
-    consumer: _Consumer,
+    consumer: ServiceProcess,
     started: float,
 ) -> None:
     import numpy as np

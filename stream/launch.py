@@ -1,0 +1,115 @@
+"""For the demo and the benchmarks: find Kafka and Redis, and run `tickcast run` as a child.
+
+`ensure_services` uses the configured Kafka and Redis when they answer and starts the local ones
+(stream/localinfra.py) when they do not. `ServiceProcess` is one `tickcast run` process with its
+own metrics port and log file: started, waited for until /readyz answers, stopped by a signal,
+restartable (the demo kills and restarts it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stream import localinfra
+from stream.config import Settings
+from stream.errors import TickcastError, UnreachableError
+
+
+def ensure_services(settings: Settings) -> dict[str, str]:
+    """Environment overrides pointing at services that answer (starting local ones if needed)."""
+    from stream.kafka import check_reachable
+    from stream.service import redis_client
+
+    try:
+        check_reachable(settings, timeout=3.0)
+        kafka_ok = True
+    except UnreachableError:
+        kafka_ok = False
+    try:
+        redis_client(settings).close()
+        redis_ok = True
+    except UnreachableError:
+        redis_ok = False
+    if kafka_ok and redis_ok:
+        print(
+            f"using Kafka at {settings.kafka.bootstrap_servers} and Redis at {settings.redis.url}"
+        )
+        return {}
+    print("no Kafka/Redis answering at the configured addresses: starting the local ones")
+    bootstrap, redis_url = localinfra.up()
+    env: dict[str, str] = {}
+    if not kafka_ok:
+        env["TICKCAST_KAFKA__BOOTSTRAP_SERVERS"] = bootstrap
+    if not redis_ok:
+        env["TICKCAST_REDIS__URL"] = redis_url
+    return env
+
+
+@dataclass
+class ServiceProcess:
+    """`tickcast run` as a child process; settings from the environment (plus `env`)."""
+
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    config_path: str | None = None
+    port: int = field(default_factory=localinfra.free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    _started_at: float = 0.0
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "stream.cli"]
+        if self.config_path:
+            cmd += ["--config", self.config_path]
+        env = {**os.environ, **self.env, "TICKCAST_METRICS__PORT": str(self.port)}
+        self.starts += 1
+        self._started_at = time.perf_counter()
+        with self.log_path.open("a") as log_file:
+            self.proc = subprocess.Popen(
+                [*cmd, "run"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+            )
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        """Wait until /readyz answers 200; returns the seconds since start()."""
+        assert self.proc is not None
+        url = f"http://127.0.0.1:{self.port}/readyz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                lines = self.log_path.read_text(errors="replace").strip().splitlines() or ["-"]
+                raise TickcastError(
+                    f"tickcast run exited with code {self.proc.returncode}: {lines[-1]}"
+                    f" (log {self.log_path})"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        return time.perf_counter() - self._started_at
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise TickcastError(
+            f"tickcast run was not ready within {timeout:.0f} s; see {self.log_path}"
+        )
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Send `sig` and wait for the exit code (killed after 20 s)."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return -9
+
+    def kill_if_running(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
