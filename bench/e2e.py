@@ -18,18 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
-from stream.localinfra import free_port
+from stream.launch import ServiceProcess, ensure_services
 from stream.metrics import scrape
 
 STAGES = ("decode", "window", "cache", "inference", "produce", "commit")
@@ -53,41 +49,6 @@ def _peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-class _Service:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.env = {**os.environ, **env, "TICKCAST_METRICS__PORT": str(self.port)}
-        self.log = log
-
-    def start(self) -> float:
-        """Spawn `tickcast run`; returns seconds from spawn to /readyz answering 200."""
-        t0 = time.perf_counter()
-        with self.log.open("w") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "run"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tickcast run exited {self.proc.returncode}; see {self.log}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return time.perf_counter() - t0
-            except OSError:
-                pass
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,7 +88,6 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
 
     from models.data import GOLD_CSV, load_prices
     from stream import config
-    from stream.commands.demo import ensure_services
     from stream.feed import ticks
     from stream.kafka import ensure_topics
     from stream.predictor import load_predictor
@@ -179,8 +139,9 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
         ensure_topics(
             settings, [env["TICKCAST_TOPICS__FORECASTS"], env["TICKCAST_TOPICS__DEAD_LETTER"]]
         )
-        svc = _Service(env, logs / f"bench-{run_id}.log")
-        ready_s = svc.start()
+        svc = ServiceProcess(logs / f"bench-{run_id}.log", env)
+        svc.start()
+        ready_s = svc.wait_ready()
         t0 = time.perf_counter()
         try:
             while True:
@@ -198,7 +159,7 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
                 for k, v in m.items()
                 if k.startswith("tickcast_batch_seconds_sum")
             }
-            rss = _peak_rss_mb(svc.proc.pid)
+            rss = _peak_rss_mb(svc.proc.pid if svc.proc else 0)
         finally:
             svc.stop()
         runs.append(
@@ -218,6 +179,7 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
 
     # ---------------------------------------------------------------- 4. latency
     latency = _latency(settings, bench_id, args, series, logs)
+    hop = _kafka_hop(settings, f"bench-{bench_id}-hop", args.rate, min(args.latency_seconds, 10.0))
 
     med = {
         k: statistics.median(r[k] for r in runs)
@@ -241,6 +203,11 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
     )
     table.add_row(
         f"tick-to-forecast p99 at {args.rate:,.0f}/s", f"{latency['p99_ms']:.1f} ms", "<= 25 ms"
+    )
+    table.add_row(
+        "  one plain Kafka hop, p50 / p99",
+        f"{hop['p50_ms']:.2f} / {hop['p99_ms']:.1f} ms",
+        "",
     )
     table.add_row("cold start to ready", f"{med['ready_s']:.2f} s", "<= 3 s")
     table.add_row("peak RSS", f"{med['peak_rss_mb']:.0f} MB", "<= 400 MB")
@@ -280,6 +247,7 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
         "runs": runs,
         "median": med,
         "latency": latency,
+        "kafka_hop": hop,
     }
     path = out / f"e2e-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=2))
@@ -311,6 +279,66 @@ def _produce_all(settings: Any, topic: str, messages: list[tuple[bytes | None, b
     return time.perf_counter() - t0
 
 
+def _kafka_hop(settings: Any, topic: str, rate: float, seconds: float) -> dict[str, float]:
+    """The floor under tick-to-forecast: produce to consume through the same broker, at the same
+    rate, with no tickcast in between (a forecast makes two such hops: tick in, forecast out)."""
+    import threading
+
+    import numpy as np
+    from confluent_kafka import Consumer, Producer
+
+    from stream.kafka import ensure_topics, producer_config
+
+    ensure_topics(settings, [topic])
+    reader = Consumer(
+        {
+            **settings.kafka.librdkafka_common(),
+            "group.id": f"{topic}-reader",
+            "auto.offset.reset": "latest",
+            "enable.auto.commit": False,
+        }
+    )
+    reader.subscribe([topic])
+    while not reader.assignment():
+        reader.poll(0.1)
+    producer = Producer({**producer_config(settings), "linger.ms": 0})
+    producer.produce(topic, value=b"0")  # connection, metadata and producer id before timing
+    producer.flush(10)
+    latencies: list[float] = []
+    count = int(rate * seconds)
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set() or len(latencies) < count:
+            msg = reader.poll(0.05)
+            if msg is not None and not msg.error() and msg.value() != b"0":
+                latencies.append(time.time() - float(msg.value() or b"0"))
+            if done.is_set() and time.monotonic() > give_up:
+                break
+
+    give_up = float("inf")
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    for i in range(count):
+        ahead = start + i / rate - time.perf_counter()
+        if ahead > 0:
+            time.sleep(ahead)
+        producer.produce(topic, key=str(i % 100).encode(), value=repr(time.time()).encode())
+        producer.poll(0)
+    producer.flush(10)
+    give_up = time.monotonic() + 10
+    done.set()
+    thread.join(15)
+    reader.close()
+    ms = np.array(latencies) * 1000
+    return {
+        "messages": len(ms),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
 def _latency(
     settings: Any, bench_id: str, args: argparse.Namespace, series: Any, logs: Path
 ) -> dict[str, Any]:
@@ -336,8 +364,9 @@ def _latency(
     feed = list(ticks(series.dates, series.prices, args.symbols, "LAT", warm_rows + paced_rows))
     warm, paced = feed[: warm_rows * args.symbols], feed[warm_rows * args.symbols :]
 
-    svc = _Service(env, logs / f"bench-{run_id}.log")
+    svc = ServiceProcess(logs / f"bench-{run_id}.log", env)
     svc.start()
+    svc.wait_ready()
     sent_at: dict[tuple[str, int], float] = {}
     latencies: list[float] = []
     sent_times: list[float] = []
@@ -400,7 +429,7 @@ def _latency(
         svc.stop()
     ms = np.array(latencies) * 1000
     if not len(ms):
-        raise RuntimeError(f"no forecast arrived in the latency phase; see {svc.log}")
+        raise RuntimeError(f"no forecast arrived in the latency phase; see {svc.log_path}")
     # Per second of sending: where the tail comes from (a stall shows as one bad second).
     seconds = (np.array(sent_times) - min(sent_times)).astype(int)
     timeline = [
