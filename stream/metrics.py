@@ -12,7 +12,7 @@ default), so nothing else in the process leaks into /metrics.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -123,7 +123,6 @@ class Health:
     redis_ok: bool = False
     assigned: int = 0
     stopping: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def not_ready_reasons(self) -> list[str]:
         reasons = []

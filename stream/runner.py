@@ -92,6 +92,7 @@ class RunnerConfig:
     exactly_once: bool
     redis_retry_max_s: float = 5.0
     delivery_timeout_s: float = 30.0
+    shutdown_timeout_s: float = 10.0
     #: at-least-once batches published but not yet acknowledged
     max_in_flight: int = 2
     #: delivered offsets are committed this often, or once max_batch ticks await a commit; the
@@ -221,7 +222,9 @@ class Runner:
                 self._update_lag()
                 self.between_batches()
         finally:
-            self._drain()
+            # Bounded, so a stop request ends within processing.shutdown_timeout_s even when the
+            # broker is away; what is not acknowledged by then stays uncommitted and is redone.
+            self._drain(self.config.shutdown_timeout_s)
             self.commit_delivered(self.assignment)
             self.consumer.close()
             log.info("stopped: consumer closed, all delivered batches committed")
@@ -365,10 +368,11 @@ class Runner:
         self._last_commit = now
         self.metrics.batch_seconds.labels(stage="commit").observe(time.perf_counter() - t0)
 
-    def _drain(self) -> None:
-        """Wait for every in-flight batch's delivery reports and commit what was delivered."""
+    def _drain(self, timeout_s: float | None = None) -> None:
+        """Wait (up to `timeout_s`, default the delivery timeout) for every in-flight batch's
+        delivery reports, and commit what was delivered."""
         if self.in_flight:
-            self.producer.flush(self.config.delivery_timeout_s)
+            self.producer.flush(self.config.delivery_timeout_s if timeout_s is None else timeout_s)
             self._settle()
         if self.in_flight:
             log.warning(

@@ -142,6 +142,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         redis_retry_max_s=settings.processing.redis_retry_max_s,
         max_in_flight=settings.processing.max_in_flight,
         commit_interval_s=settings.processing.commit_interval_s,
+        shutdown_timeout_s=settings.processing.shutdown_timeout_s,
     )
     runner_ref: list[Runner] = []
     consumer = Consumer(
