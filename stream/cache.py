@@ -72,15 +72,21 @@ class ForecastCache:
         self.enabled = enabled
         self._fill = client.register_script(FILL_SCRIPT)
 
-    def key(self, window_digest: str) -> str:
-        return f"{self._prefix}:fc:{self.model_version}:{window_digest}"
+    def key(self, window_digest: str, model_version: str | None = None) -> str:
+        return f"{self._prefix}:fc:{model_version or self.model_version}:{window_digest}"
 
-    def get_many(self, digests: Sequence[str]) -> list[npt.NDArray[np.float64] | None]:
-        """Cached outputs per digest (None on a miss), in one MGET."""
+    def get_many(
+        self, digests: Sequence[str], model_version: str | None = None
+    ) -> list[npt.NDArray[np.float64] | None]:
+        """Cached outputs per digest (None on a miss), in one MGET.
+
+        `model_version` defaults to the cache's; the pipeline passes the version of the model
+        that serves the batch, which a hot reload may change while a batch is in the model.
+        """
         if not self.enabled or not digests:
             return [None] * len(digests)
         try:
-            values: Any = self._client.mget([self.key(d) for d in digests])
+            values: Any = self._client.mget([self.key(d, model_version) for d in digests])
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis: cache lookup failed: {exc}") from exc
         out: list[npt.NDArray[np.float64] | None] = []
@@ -92,11 +98,13 @@ class ForecastCache:
                 out.append(np.frombuffer(v, dtype=_F64))
         return out
 
-    def put_many(self, items: Sequence[tuple[str, npt.NDArray[np.float64]]]) -> None:
+    def put_many(
+        self, items: Sequence[tuple[str, npt.NDArray[np.float64]]], model_version: str | None = None
+    ) -> None:
         """Store outputs per digest with the TTL, in one script call (one command, one reply)."""
         if not self.enabled or not items:
             return
-        keys = [self.key(d) for d, _ in items]
+        keys = [self.key(d, model_version) for d, _ in items]
         values = [np.ascontiguousarray(o, dtype=_F64).tobytes() for _, o in items]
         try:
             self._fill(keys=keys, args=[self.ttl_seconds, *values])

@@ -1,9 +1,14 @@
 """Ticks in, forecasts out: the pure core of tickcast, given its three collaborators.
 
-    messages -> decode_batch -> store.append_batch (one Redis call) -> digests
-             -> cache.get_many (one call, replayed windows only)
-             -> predictor.predict_batch (one call, distinct misses)
-             -> cache.put_many (one call) -> forecasts, in input order
+    prepare:  messages -> decode_batch -> store.append_batch (one Redis call) -> digests
+              -> cache.get_many (one call, replayed windows only)
+    compute:  predictor.predict_batch (one call, distinct misses)
+    fill:     cache.put_many (one call)
+    finish:   forecasts, in input order
+
+`process` runs the four in order. The runner may run compute and fill on a second thread while
+it prepares the next batch (the model call releases the GIL), so the two share no state but the
+`Prepared` they hand over.
 
 Nothing here touches Kafka; Redis only through the store and the cache. Errors of the collaborators
 (StoreUnavailable, ModelError) propagate: the runner retries the batch and commits nothing.
@@ -23,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.cache import digest
-from stream.contracts import Forecast, RawMessage, Rejected, Tick, Window, decode_batch
+from stream.contracts import Forecast, RawMessage, Rejected, Source, Tick, Window, decode_batch
 from stream.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -58,8 +63,10 @@ class WindowStoreLike(Protocol):
 
 
 class CacheLike(Protocol):
-    def get_many(self, digests: Sequence[str]) -> list[F64Array | None]: ...
-    def put_many(self, items: Sequence[tuple[str, F64Array]]) -> None: ...
+    """Outputs by window digest, scoped by the model version that computed them."""
+
+    def get_many(self, digests: Sequence[str], model_version: str) -> list[F64Array | None]: ...
+    def put_many(self, items: Sequence[tuple[str, F64Array]], model_version: str) -> None: ...
 
 
 class PredictorLike(Protocol):
@@ -93,6 +100,29 @@ class BatchResult:
     inference_batch_size: int = 0
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A batch between `Pipeline.prepare` and `Pipeline.finish`: windows known, cache looked up.
+
+    `compute` adds the model's outputs for `misses`, `fill` caches them; the runner may run those
+    two on another thread while it prepares the next batch, and touches the object only after.
+    """
+
+    predictor: PredictorLike
+    quantile_columns: tuple[int, int, int]
+    windows: list[Window]
+    dead_letters: list[Rejected]
+    counts: dict[str, int]
+    stages: dict[str, float]
+    digests: list[str] = field(default_factory=list)
+    outputs: dict[str, F64Array] = field(default_factory=dict)
+    from_cache: set[str] = field(default_factory=set)
+    lookups: int = 0
+    misses: list[str] = field(default_factory=list)
+    fills: list[tuple[str, F64Array]] = field(default_factory=list)
+    filled: bool = False
+
+
 class Pipeline:
     def __init__(
         self,
@@ -121,6 +151,18 @@ class Pipeline:
         return 0, medians[0], len(qs) - 1
 
     def process(self, messages: Sequence[RawMessage], max_message_bytes: int) -> BatchResult:
+        """The whole batch, in order: prepare, compute, fill, finish."""
+        prepared = self.prepare(messages, max_message_bytes)
+        self.compute(prepared)
+        self.fill(prepared)
+        return self.finish(prepared)
+
+    def prepare(self, messages: Sequence[RawMessage], max_message_bytes: int) -> Prepared:
+        """Decode, update the windows (one Redis call), look up replayed windows (one call).
+
+        On the loop's thread. What is left is the model call for the misses (`compute`), which
+        touches nothing the loop uses, so the runner may run it on another thread.
+        """
         clock = time.perf_counter
         stages = dict.fromkeys(STAGES, 0.0)
 
@@ -150,17 +192,24 @@ class Pipeline:
                     )
                 )
 
+        # The model as of this batch: a hot reload between prepare and finish does not mix two.
+        predictor = self.predictor
+        prepared = Prepared(
+            predictor=predictor,
+            quantile_columns=self._quantile_indices(),
+            windows=batch.windows,
+            dead_letters=dead_letters,
+            counts=counts,
+            stages=stages,
+        )
         windows = batch.windows
         if not windows:
-            return BatchResult([], dead_letters, counts, stage_seconds=stages)
-
-        predictor = self.predictor
-        lo_i, mid_i, hi_i = self._quantile_indices()
-        n_q = len(predictor.quantiles)
-        horizon = predictor.horizon
+            return prepared
 
         t0 = clock()
+        horizon = predictor.horizon
         digests = [digest(w.prices, horizon) for w in windows]
+        prepared.digests = digests
         distinct = list(dict.fromkeys(digests))
         # Only a replayed window (a redelivery, a restarted consumer, a second group sharing the
         # store) can have been forecast before: look those up. A window just appended is new,
@@ -168,47 +217,70 @@ class Pipeline:
         # before it is published, so a later replay of any window finds it.
         replayed = {d for d, w in zip(digests, windows, strict=True) if w.replayed}
         lookups = [d for d in distinct if d in replayed]
-        cached = self.cache.get_many(lookups) if lookups else []
+        cached = self.cache.get_many(lookups, predictor.version) if lookups else []
         stages["cache"] = clock() - t0
         if len(cached) != len(lookups):
             raise RuntimeError(f"cache returned {len(cached)} results for {len(lookups)} keys")
-        outputs: dict[str, F64Array] = {}
-        from_cache: set[str] = set()
+        n_q = len(predictor.quantiles)
         for d, hit in zip(lookups, cached, strict=True):
             if hit is not None and hit.shape == (n_q,):
-                outputs[d] = hit
-                from_cache.add(d)
-        misses = [d for d in distinct if d not in outputs]
+                prepared.outputs[d] = hit
+                prepared.from_cache.add(d)
+        prepared.lookups = len(lookups)
+        prepared.misses = [d for d in distinct if d not in prepared.outputs]
+        return prepared
 
-        if misses:
-            first_window: dict[str, Window] = {}
-            for d, w in zip(digests, windows, strict=True):
-                first_window.setdefault(d, w)
-            matrix = np.stack([first_window[d].prices for d in misses]).astype(np.float64)
-            t0 = clock()
-            result = predictor.predict_batch(matrix)
-            stages["inference"] = clock() - t0
-            if result.shape != (len(misses), n_q):
-                raise ModelError(
-                    f"model returned shape {result.shape} for {len(misses)} windows,"
-                    f" expected ({len(misses)}, {n_q})"
-                )
-            fills: list[tuple[str, F64Array]] = []
-            # One pass over the matrix, not one numpy call per row.
-            # (numpy's stubs type .all(axis=...) as "bool or array"; with an axis it is an array.)
-            finite = cast("npt.NDArray[np.bool_]", np.isfinite(result).all(axis=1))
-            for d, row, ok in zip(misses, result, finite, strict=True):
-                if ok:
-                    fills.append((d, row))
-                    outputs[d] = row
-            t0 = clock()
-            self.cache.put_many(fills)
-            stages["cache"] += clock() - t0
+    def compute(self, prepared: Prepared) -> None:
+        """One model call for the distinct windows the cache did not have. Touches no Redis and
+        no state of the loop: safe on another thread while the loop prepares the next batch."""
+        misses = prepared.misses
+        if not misses:
+            return
+        first_window: dict[str, Window] = {}
+        for d, w in zip(prepared.digests, prepared.windows, strict=True):
+            first_window.setdefault(d, w)
+        matrix = np.stack([first_window[d].prices for d in misses]).astype(np.float64)
+        n_q = len(prepared.predictor.quantiles)
+        t0 = time.perf_counter()
+        result = prepared.predictor.predict_batch(matrix)
+        prepared.stages["inference"] = time.perf_counter() - t0
+        if result.shape != (len(misses), n_q):
+            raise ModelError(
+                f"model returned shape {result.shape} for {len(misses)} windows,"
+                f" expected ({len(misses)}, {n_q})"
+            )
+        # One pass over the matrix, not one numpy call per row.
+        # (numpy's stubs type .all(axis=...) as "bool or array"; with an axis it is an array.)
+        finite = cast("npt.NDArray[np.bool_]", np.isfinite(result).all(axis=1))
+        for d, row, ok in zip(misses, result, finite, strict=True):
+            if ok:
+                prepared.fills.append((d, row))
+                prepared.outputs[d] = row
 
+    def fill(self, prepared: Prepared) -> None:
+        """Cache what `compute` produced (one Redis call), before anything is published: a
+        replay then gets the very same numbers, which a recomputation in another batch need not
+        give (the last bits of a float32 model depend on the batch it ran in)."""
+        if prepared.filled or not prepared.fills:
+            return
+        t0 = time.perf_counter()
+        self.cache.put_many(prepared.fills, prepared.predictor.version)
+        prepared.stages["cache"] += time.perf_counter() - t0
+        prepared.filled = True
+
+    def finish(self, prepared: Prepared) -> BatchResult:
+        """The forecasts of a computed and filled batch, in input order."""
+        predictor = prepared.predictor
+        lo_i, mid_i, hi_i = prepared.quantile_columns
+        horizon = predictor.horizon
+        interval = float(predictor.interval)
+        version = predictor.version
+        outputs = prepared.outputs
+        from_cache = prepared.from_cache
         forecasts: list[Forecast] = []
         non_finite = 0
         produced_at = self.clock_ms()
-        for d, w in zip(digests, windows, strict=True):
+        for d, w in zip(prepared.digests, prepared.windows, strict=True):
             row = outputs.get(d)
             tick = w.tick
             if row is not None:
@@ -228,14 +300,12 @@ class Pipeline:
                             price=price,
                             lower=lower,
                             upper=upper,
-                            interval=float(predictor.interval),
+                            interval=interval,
                             last_price=last,
-                            model_version=predictor.version,
+                            model_version=version,
                             window_hash=d,
                             cached=d in from_cache,
-                            source_topic=self.source_topic,
-                            source_partition=tick.partition,
-                            source_offset=tick.offset,
+                            source=Source(self.source_topic, tick.partition, tick.offset),
                             produced_at=produced_at,
                         )
                     )
@@ -249,15 +319,15 @@ class Pipeline:
                 self.source_topic,
                 tick.partition,
                 tick.offset,
-                predictor.version,
+                version,
             )
         return BatchResult(
             forecasts,
-            dead_letters,
-            counts,
+            prepared.dead_letters,
+            prepared.counts,
             cache_hits=len(from_cache),
-            cache_misses=len(lookups) - len(from_cache),
+            cache_misses=prepared.lookups - len(from_cache),
             non_finite=non_finite,
-            stage_seconds=stages,
-            inference_batch_size=len(misses),
+            stage_seconds=prepared.stages,
+            inference_batch_size=len(prepared.misses),
         )

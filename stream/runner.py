@@ -32,9 +32,10 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -48,6 +49,7 @@ from stream.contracts import (
 from stream.errors import DeliveryError, StoreUnavailable
 from stream.kafka import DeliveryLatch, committed_lag, produce
 from stream.metrics import Health, Metrics
+from stream.pipeline import Prepared
 from stream.rebuild import Rebuilder
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,15 @@ class BatchResultLike(Protocol):
 
 
 class PipelineLike(Protocol):
-    def process(self, messages: Sequence[Message], max_message_bytes: int) -> BatchResultLike: ...
+    """stream.pipeline.Pipeline, in the four steps the runner schedules."""
+
+    def prepare(self, messages: Sequence[Message], max_message_bytes: int) -> Prepared: ...
+    def compute(self, prepared: Prepared) -> None: ...
+    def fill(self, prepared: Prepared) -> None: ...
+    def finish(self, prepared: Prepared) -> BatchResultLike: ...
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -80,6 +90,16 @@ class _InFlight:
     @property
     def offsets(self) -> list[TopicPartition]:
         return _next_offsets(self.messages)
+
+
+@dataclass
+class _Computing:
+    """A prepared batch whose model call and cache fill run on the model thread."""
+
+    messages: list[Message]
+    prepared: Prepared
+    future: Future[None]
+    started: float
 
 
 @dataclass(frozen=True)
@@ -127,6 +147,13 @@ class Runner:
         self.on_sighup = on_sighup
         self.latch = DeliveryLatch()  # exactly-once batches
         self.in_flight: deque[_InFlight] = deque()
+        #: at-least-once: the full batch in the model while the loop prepares the next one
+        self.computing: _Computing | None = None
+        self._model_thread = (
+            None
+            if config.exactly_once
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="tickcast-model")
+        )
         self._uncommitted = 0  # delivered ticks whose offsets are not yet committed
         self._last_commit = time.monotonic()
         self.stopping = False
@@ -182,6 +209,7 @@ class Runner:
         # This runs inside consume(), so no batch is half done; make the async commits of what
         # was delivered certain before another consumer takes these partitions.
         self.metrics.rebalances.labels(kind="revoke").inc()
+        self._complete_computing()
         self._drain()
         self.commit_delivered(partitions)
         self._forget(partitions)
@@ -190,6 +218,7 @@ class Runner:
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels(kind="lost").inc()
         self.in_flight.clear()  # not ours to commit any more
+        self.computing = None
         self._forget(partitions)
         log.warning(
             "lost partitions=%s (not committed; the new owner redoes them)", _names(partitions)
@@ -221,12 +250,17 @@ class Runner:
                 self._settle()
                 self._update_lag()
                 self.between_batches()
+            self._complete_computing()
         finally:
+            # After an error the batch in the model is abandoned: uncommitted, so redone.
+            self.computing = None
             # Bounded, so a stop request ends within processing.shutdown_timeout_s even when the
             # broker is away; what is not acknowledged by then stays uncommitted and is redone.
             self._drain(self.config.shutdown_timeout_s)
             self.commit_delivered(self.assignment)
             self.consumer.close()
+            if self._model_thread is not None:
+                self._model_thread.shutdown(wait=False, cancel_futures=True)
             log.info("stopped: consumer closed, all delivered batches committed")
 
     def on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
@@ -272,6 +306,8 @@ class Runner:
         messages: list[Message] = self.consumer.consume(num_messages=batch, timeout=0)
         if messages:
             return messages
+        # Nothing queued: publish the batch in the model now, not after the wait below.
+        self._complete_computing()
         messages = self.consumer.consume(num_messages=1, timeout=self.config.poll_timeout_s)
         if messages and batch > 1:
             messages += self.consumer.consume(num_messages=batch - 1, timeout=0)
@@ -280,24 +316,92 @@ class Runner:
     # ------------------------------------------------------------ one batch
 
     def handle_batch(self, messages: list[Message]) -> None:
+        """Prepare the batch; publish it, or (a full batch, at-least-once) hand it to the model
+        thread and publish the one that was there.
+
+        Under load the model call of batch N (the GIL released) overlaps the decoding, window
+        update and publishing around it. Batches are still published, and so committed, in
+        order; a batch that is not full is published at once, for latency.
+        """
         started = time.perf_counter()
         good = self._drop_errors(messages)
         if not good:
             return
-        while len(self.in_flight) >= self.config.max_in_flight:
-            self._settle(wait=True)
-        result = self._process_with_retry(good)
-        if result is None:
+        # At most max_in_flight batches appended to the windows and not yet acknowledged, this
+        # one included (window.history is checked at start to cover them).
+        while len(self.in_flight) + (self.computing is not None) >= self.config.max_in_flight:
+            if self.in_flight:
+                self._settle(wait=True)
+            else:
+                self._complete_computing()
+        prepared = self._with_redis(
+            lambda: self.pipeline.prepare(good, self.config.max_message_bytes)
+        )
+        if prepared is None:
             return  # abandoned during a stop; the offsets stay uncommitted
         if self.config.exactly_once:
+            if not self._compute(prepared):
+                return
+            result = self.pipeline.finish(prepared)
             try:
                 self._publish_transaction(result, _next_offsets(good))
             except (DeliveryError, KafkaException) as exc:
                 self._recover(exc, good)
                 return
             self._record(result, good, started)
-        else:
-            self._publish(_InFlight(good, result, started))
+            return
+
+        previous, self.computing = self.computing, None
+        if previous is not None and not self._await(previous):
+            return  # a stop abandoned the previous batch: this one must not be committed past it
+        if (
+            self._model_thread is not None
+            and len(messages) >= self.config.max_batch
+            and prepared.misses
+        ):
+            self.computing = _Computing(
+                good, prepared, self._model_thread.submit(self._compute_and_fill, prepared), started
+            )
+        if previous is not None:
+            self._publish(
+                _InFlight(
+                    previous.messages, self.pipeline.finish(previous.prepared), previous.started
+                )
+            )
+        if self.computing is None and self._compute(prepared):
+            self._publish(_InFlight(good, self.pipeline.finish(prepared), started))
+
+    def _compute_and_fill(self, prepared: Prepared) -> None:
+        """On the model thread. A failed fill is retried by the loop (`_await`)."""
+        self.pipeline.compute(prepared)
+        self.pipeline.fill(prepared)
+
+    def _compute(self, prepared: Prepared) -> bool:
+        """On the loop's thread: the model call, then the fill; False if a stop abandoned it."""
+        self.pipeline.compute(prepared)
+        return self._fill(prepared)
+
+    def _fill(self, prepared: Prepared) -> bool:
+        def fill() -> bool:
+            self.pipeline.fill(prepared)
+            return True
+
+        return self._with_redis(fill) is not None
+
+    def _await(self, batch: _Computing) -> bool:
+        """Wait for the model thread's work on `batch`; False if a stop abandoned it."""
+        # A StoreUnavailable comes from the fill, after the model call: the fill is retried here.
+        with contextlib.suppress(StoreUnavailable):
+            batch.future.result()
+        return self._fill(batch.prepared)
+
+    def _complete_computing(self) -> None:
+        """Publish the batch on the model thread, if any, once its work is done."""
+        batch, self.computing = self.computing, None
+        if batch is not None and self._await(batch):
+            self._publish(
+                _InFlight(batch.messages, self.pipeline.finish(batch.prepared), batch.started)
+            )
 
     def _publish(self, batch: _InFlight) -> None:
         t0 = time.perf_counter()
@@ -332,13 +436,18 @@ class Runner:
         while self.in_flight and self.in_flight[0].latch.pending == 0:
             batch = self.in_flight.popleft()
             if batch.latch.error is not None:
-                failed = [batch, *self.in_flight]
+                # Every batch after it is redone too, the one in the model included: none may
+                # be committed past the failed one.
+                failed = [m for b in [batch, *self.in_flight] for m in b.messages]
                 self.in_flight.clear()
+                if self.computing is not None:
+                    failed += self.computing.messages
+                    self.computing = None
                 self._recover(
                     DeliveryError(
                         f"delivery failed: {batch.latch.error.name()} ({batch.latch.error.str()})"
                     ),
-                    [m for b in failed for m in b.messages],
+                    failed,
                 )
                 return
             for tp in batch.offsets:
@@ -395,11 +504,13 @@ class Runner:
                 raise KafkaException(err)
         return good
 
-    def _process_with_retry(self, messages: list[Message]) -> BatchResultLike | None:
+    def _with_redis(self, step: Callable[[], T]) -> T | None:
+        """Run a step that needs Redis, retrying with capped backoff while Redis is unavailable;
+        None if a stop request came meanwhile (the batch is abandoned, uncommitted)."""
         delay = 0.05
         while True:
             try:
-                result = self.pipeline.process(messages, self.config.max_message_bytes)
+                result = step()
             except StoreUnavailable as exc:
                 self.metrics.redis_errors.inc()
                 self.health.redis_ok = False
@@ -501,7 +612,7 @@ class Runner:
             now_ms = self.wall_clock() * 1000.0
             stamps = {(msg.partition(), msg.offset()): msg.timestamp()[1] for msg in messages}
             for f in result.forecasts:
-                ts = stamps.get((f.source_partition, f.source_offset))
+                ts = stamps.get((f.source.partition, f.source.offset))
                 if ts is not None and ts > 0:
                     m.tick_to_forecast_seconds.observe(max(now_ms - ts, 0.0) / 1000.0)
 

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -239,7 +239,9 @@ def _collect(
 
 def _without_cache_fields(f: Forecast) -> tuple[object, ...]:
     """A forecast without `cached` and `produced_at`, the two fields a repeat may change."""
-    return tuple(getattr(f, x.name) for x in fields(f) if x.name not in ("cached", "produced_at"))
+    return tuple(
+        getattr(f, name) for name in f.__struct_fields__ if name not in ("cached", "produced_at")
+    )
 
 
 def _dead_letters(settings: config.Settings, expect: int) -> dict[str, int]:

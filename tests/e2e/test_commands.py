@@ -13,6 +13,7 @@ import pytest
 
 from stream.contracts import (
     Forecast,
+    Source,
     SourceMessage,
     decode_batch,
     encode_forecast,
@@ -89,9 +90,7 @@ def test_tail_prints_one_readable_line_per_forecast(
             "abc123",
             "f" * 32,
             i == 1,
-            "ticks",
-            0,
-            100 + i,
+            Source("ticks", 0, 100 + i),
             1,
         )
         for i in range(3)

@@ -41,7 +41,7 @@ def test_every_full_window_gives_the_predictors_forecast(setup, kafka_bootstrap,
         f = decode_forecast(_)
         assert key == f.symbol.encode()
         assert dict(headers)["model-version"] == predictor.version.encode()
-        assert dict(headers)["source-offset"] == str(f.source_offset).encode()
+        assert dict(headers)["source-offset"] == str(f.source.offset).encode()
     assert svc.metric("tickcast_forecasts_total") == len(windows)
     assert svc.metric('tickcast_ticks_total{outcome="warming"}') == 5 * (W - 1)
 

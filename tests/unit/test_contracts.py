@@ -15,6 +15,7 @@ from stream.contracts import (
     TS_LIMIT,
     Forecast,
     Rejected,
+    Source,
     SourceMessage,
     Tick,
     Window,
@@ -214,11 +215,12 @@ def make_forecast(**changes: object) -> Forecast:
         "model_version": "a1b2c3",
         "window_hash": "0" * 32,
         "cached": False,
-        "source_topic": "ticks",
-        "source_partition": 2,
-        "source_offset": 77,
+        "source": Source("ticks", 2, 77),
         "produced_at": 1714559400123,
     }
+    offset = changes.pop("source_offset", None)
+    if offset is not None:
+        base["source"] = Source("ticks", 2, offset)  # type: ignore[arg-type]
     base.update(changes)
     return Forecast(**base)  # type: ignore[arg-type]
 

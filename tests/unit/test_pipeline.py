@@ -16,6 +16,7 @@ import pytest
 from stream.cache import digest
 from stream.contracts import (
     Forecast,
+    Source,
     SourceMessage,
     Tick,
     Window,
@@ -79,14 +80,16 @@ class FakeCache:
         self.gets: list[list[str]] = []
         self.puts: list[list[str]] = []
 
-    def get_many(self, digests: Sequence[str]) -> list[F64 | None]:
+    def get_many(self, digests: Sequence[str], model_version: str) -> list[F64 | None]:
+        assert model_version == FakeModel.version
         self.gets.append(list(digests))
         return [
             np.frombuffer(self.data[d], dtype=np.float64) if d in self.data else None
             for d in digests
         ]
 
-    def put_many(self, items: Sequence[tuple[str, F64]]) -> None:
+    def put_many(self, items: Sequence[tuple[str, F64]], model_version: str) -> None:
+        assert model_version == FakeModel.version
         self.puts.append([d for d, _ in items])
         for d, outputs in items:
             self.data[d] = outputs.tobytes()
@@ -147,7 +150,7 @@ def test_one_forecast_per_full_window_in_input_order(
     parts: tuple[FakeStore, FakeCache, FakeModel],
 ) -> None:
     result = pipeline(parts).process(feed(5), MAX)
-    assert [f.source_offset for f in result.forecasts] == [2, 3, 4]
+    assert [f.source.offset for f in result.forecasts] == [2, 3, 4]
     f = result.forecasts[0]
     window = np.array([100.0, 101.0, 102.0])
     mid = float(np.diff(np.log(window)).mean())
@@ -163,9 +166,7 @@ def test_one_forecast_per_full_window_in_input_order(
         model_version="m1",
         window_hash=digest(window, 1),
         cached=False,
-        source_topic="ticks",
-        source_partition=0,
-        source_offset=2,
+        source=Source("ticks", 0, 2),
         produced_at=1_700_000_000_123,
     )
     assert f.lower < f.price < f.upper
@@ -233,7 +234,7 @@ def test_a_non_finite_output_is_neither_published_nor_cached(
     model.poison = {103.0}
     with caplog.at_level(logging.WARNING, logger="stream.pipeline"):
         result = pipeline(parts).process(feed(6), MAX)
-    assert [f.source_offset for f in result.forecasts] == [2, 4, 5]
+    assert [f.source.offset for f in result.forecasts] == [2, 4, 5]
     assert result.non_finite == 1
     bad_hash = digest(np.array([101.0, 102.0, 103.0]), 1)
     assert bad_hash not in cache.data and len(cache.data) == 3
