@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +18,7 @@ import redis
 import redis.exceptions
 
 from stream.errors import StoreUnavailable
+from stream.redisio import Commands
 
 _UNAVAILABLE = (
     redis.exceptions.ConnectionError,  # includes BusyLoadingError
@@ -52,6 +52,21 @@ def digest(prices: npt.NDArray[np.float64], horizon: int) -> str:
     return h.hexdigest()
 
 
+def digests(windows: Sequence[npt.NDArray[np.float64]], horizon: int) -> list[str]:
+    """`digest` of each window, hashing the arrays' memory in place where it is already
+    contiguous little-endian float64 (every window the store hands out): no copy per window."""
+    suffix = struct.pack("<q", horizon)
+    blake2b = hashlib.blake2b
+    out = []
+    for prices in windows:
+        if prices.dtype != _F64 or not prices.flags.c_contiguous:
+            prices = np.ascontiguousarray(prices, dtype=_F64)
+        h = blake2b(prices.data, digest_size=16)
+        h.update(suffix)
+        out.append(h.hexdigest())
+    return out
+
+
 class ForecastCache:
     def __init__(
         self,
@@ -70,7 +85,8 @@ class ForecastCache:
         self.horizon = horizon
         self.ttl_seconds = ttl_seconds
         self.enabled = enabled
-        self._fill = client.register_script(FILL_SCRIPT)
+        self._redis = Commands(client)
+        self._fill = self._redis.script(FILL_SCRIPT)
 
     def key(self, window_digest: str, model_version: str | None = None) -> str:
         return f"{self._prefix}:fc:{model_version or self.model_version}:{window_digest}"
@@ -86,7 +102,7 @@ class ForecastCache:
         if not self.enabled or not digests:
             return [None] * len(digests)
         try:
-            values: Any = self._client.mget([self.key(d, model_version) for d in digests])
+            values = self._redis.mget([self.key(d, model_version) for d in digests])
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis: cache lookup failed: {exc}") from exc
         out: list[npt.NDArray[np.float64] | None] = []
@@ -107,6 +123,6 @@ class ForecastCache:
         keys = [self.key(d, model_version) for d, _ in items]
         values = [np.ascontiguousarray(o, dtype=_F64).tobytes() for _, o in items]
         try:
-            self._fill(keys=keys, args=[self.ttl_seconds, *values])
+            self._redis.evalsha(self._fill, keys, [self.ttl_seconds, *values])
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis: cache fill failed: {exc}") from exc

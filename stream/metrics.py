@@ -12,10 +12,13 @@ default), so nothing else in the process leaks into /metrics.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -24,11 +27,62 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 PREFIX = "tickcast"
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class BulkHistogram(Collector):
+    """A label-less Prometheus histogram fed a whole batch of observations at once.
+
+    `Histogram.observe` takes a lock and walks the buckets per value: for one observation per
+    forecast, thousands a second, that was most of the metrics cost of a batch. Here a batch is
+    one searchsorted and one bincount. Exposed exactly as a `Histogram` with the same buckets.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: tuple[float, ...], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = np.asarray(buckets, dtype=np.float64)
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # the last: above every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: npt.NDArray[np.float64]) -> None:
+        if not values.size:
+            return
+        # Bucket `le` b counts values <= b: the first bound >= the value.
+        slots = np.searchsorted(self._bounds, values, side="left")
+        counts = np.bincount(slots, minlength=self._counts.size)
+        total = float(values.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts)
+            total = self._sum
+        edges = [*(_format_bound(b) for b in self._bounds), "+Inf"]
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric(
+            [], [(e, float(c)) for e, c in zip(edges, cumulative, strict=True)], total
+        )
+        yield family
+
+
+def _format_bound(bound: float) -> str:
+    """As prometheus_client writes a Histogram's `le`: 0.5 -> "0.5", 1 -> "1.0"."""
+    from prometheus_client.utils import floatToGoString  # untyped in the library
+
+    return str(cast("Callable[[float], str]", floatToGoString)(bound))
 
 
 class Metrics:
@@ -63,8 +117,11 @@ class Metrics:
         )
         self.inference_seconds = hist("inference_seconds", "Model call duration")
         self.batch_seconds = hist("batch_seconds", "Batch time by stage", ("stage",))
-        self.tick_to_forecast_seconds = hist(
-            "tick_to_forecast_seconds", "Tick produce time to forecast delivery"
+        self.tick_to_forecast_seconds = BulkHistogram(
+            f"{PREFIX}_tick_to_forecast_seconds",
+            "Tick produce time to forecast delivery",
+            _FAST,
+            registry,
         )
         self.rebalances = counter("rebalances", "Partition assignment changes", ("kind",))
         self.assigned_partitions = gauge(

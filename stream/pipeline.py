@@ -27,7 +27,7 @@ from typing import Literal, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
-from stream.cache import digest
+from stream.cache import digests as window_digests
 from stream.contracts import Forecast, RawMessage, Rejected, Source, Tick, Window, decode_batch
 from stream.errors import ModelError
 
@@ -208,7 +208,7 @@ class Pipeline:
 
         t0 = clock()
         horizon = predictor.horizon
-        digests = [digest(w.prices, horizon) for w in windows]
+        digests = window_digests([w.prices for w in windows], horizon)
         prepared.digests = digests
         distinct = list(dict.fromkeys(digests))
         # Only a replayed window (a redelivery, a restarted consumer, a second group sharing the

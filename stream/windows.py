@@ -44,6 +44,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from stream.contracts import Tick, Window
 from stream.errors import ConfigError, StoreUnavailable
+from stream.redisio import Commands
 
 OUTCOMES = ("processed", "warming", "replayed", "late", "duplicate", "too_old")
 
@@ -312,7 +313,8 @@ class WindowStore:
         self.size = size
         self.history = history
         self.source_topic = source_topic
-        self._script = client.register_script(_APPEND_BATCH_LUA)
+        self._redis = Commands(client)
+        self._append_batch = self._redis.script(_APPEND_BATCH_LUA)
 
     def window_key(self, symbol: str) -> str:
         return f"{self._prefix}:win:{{{symbol}}}"
@@ -343,7 +345,7 @@ class WindowStore:
             b"".join(records),
         ]
         try:
-            reply: Any = self._script(keys=keys, args=args)
+            reply: Any = self._redis.evalsha(self._append_batch, keys, args)
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis: window update failed: {exc}") from exc
         except redis.exceptions.ResponseError as exc:

@@ -10,8 +10,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from stream.cache import ForecastCache, digest
+from stream.cache import ForecastCache, digest, digests
 from stream.errors import StoreUnavailable
+from stream.redisio import Commands
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +35,15 @@ def test_digest_is_over_the_exact_window_bytes_and_horizon() -> None:
     nudged = WINDOW_A.copy()
     nudged[0] = np.nextafter(nudged[0], np.inf)
     assert digest(nudged, 1) != d
+
+
+def test_digests_of_many_equal_digest_of_each_whatever_the_layout() -> None:
+    big_endian = WINDOW_A.astype(">f8")
+    strided = np.repeat(WINDOW_A, 2)[::2]
+    as_float32 = (WINDOW_A + 0.5).astype(np.float32)
+    windows = [WINDOW_A, big_endian, strided, as_float32, WINDOW_A + 1]
+    assert digests(windows, 1) == [digest(w, 1) for w in windows]
+    assert digests(windows[:3], 1) == [digest(WINDOW_A, 1)] * 3
 
 
 def test_put_then_get_is_bit_identical(redis_client: redis.Redis, key_prefix: str) -> None:
@@ -72,58 +82,54 @@ def test_scoped_by_model_version(redis_client: redis.Redis, key_prefix: str) -> 
     assert from_new.tobytes() == OUT_B.tobytes()
 
 
+def _count_commands(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every command the hot-path client sends, by name (one entry per round trip)."""
+    sent: list[str] = []
+    call = Commands._call
+
+    def counting(self: Commands, *args: Any) -> Any:
+        sent.append(str(args[0]))
+        return call(self, *args)
+
+    monkeypatch.setattr(Commands, "_call", counting)
+    return sent
+
+
 def test_one_round_trip_each_way(
     redis_client: redis.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = make(redis_client, key_prefix)
     items = [(digest(WINDOW_A + i, 1), OUT_A + i) for i in range(50)]
-    sent: list[str] = []
-    executes: list[int] = []
-    execute_command = redis_client.execute_command
-    make_pipeline = redis_client.pipeline
-
-    def counting_command(*args: Any, **options: Any) -> Any:
-        sent.append(str(args[0]))
-        return execute_command(*args, **options)
-
-    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
-        pipe = make_pipeline(*args, **kwargs)
-        run = pipe.execute
-
-        def execute(*a: Any, **k: Any) -> Any:
-            executes.append(len(pipe.command_stack))
-            return run(*a, **k)
-
-        pipe.execute = execute  # type: ignore[method-assign]
-        return pipe
-
-    monkeypatch.setattr(redis_client, "execute_command", counting_command)
-    monkeypatch.setattr(redis_client, "pipeline", counting_pipeline)
-
+    cache.put_many(items[:1])  # the script is in Redis from here on
+    sent = _count_commands(monkeypatch)
     cache.put_many(items)
-    # either one command (a script) or one pipeline execute: one round trip
-    assert len(sent) + len(executes) == 1
-    assert executes in ([], [50])
+    assert sent == ["EVALSHA"]
     sent.clear()
     got = cache.get_many([d for d, _ in items])
-    assert sent == ["MGET"] and len(executes) <= 1
+    assert sent == ["MGET"]
     assert all(
         g is not None and g.tobytes() == o.tobytes() for g, (_, o) in zip(got, items, strict=True)
     )
+
+
+def test_a_script_redis_forgot_is_loaded_again(redis_client: redis.Redis, key_prefix: str) -> None:
+    cache = make(redis_client, key_prefix)
+    d = digest(WINDOW_A, 1)
+    cache.put_many([(d, OUT_A)])
+    redis_client.script_flush()  # as after a restart
+    cache.put_many([(d, OUT_B)])
+    [got] = cache.get_many([d])
+    assert got is not None and got.tobytes() == OUT_B.tobytes()
 
 
 def test_empty_calls_cost_nothing(
     redis_client: redis.Redis, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = make(redis_client, key_prefix)
-
-    def forbidden(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("no command expected")
-
-    monkeypatch.setattr(redis_client, "execute_command", forbidden)
-    monkeypatch.setattr(redis_client, "pipeline", forbidden)
+    sent = _count_commands(monkeypatch)
     assert cache.get_many([]) == []
     cache.put_many([])
+    assert sent == []
 
 
 def test_disabled_cache_misses_and_stores_nothing(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import random
 import uuid
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from redis.retry import Retry
 
 from stream.contracts import Tick
 from stream.errors import ConfigError, StoreUnavailable
+from stream.redisio import Commands
 from stream.windows import WindowBatch, WindowStore
 
 pytestmark = pytest.mark.integration
@@ -226,13 +228,13 @@ def test_one_script_call_per_batch(
     # 100 symbols, each always in the same one of 3 partitions, 10 ticks each
     ticks = [Tick(f"S{i % 100}", 1.0 + i, 1000 + i, (i % 100) % 3, i) for i in range(1000)]
     sent: list[str] = []
-    execute = redis_client.execute_command
+    call = Commands._call
 
-    def counting(*args: object, **options: object) -> object:
+    def counting(self: Commands, *args: Any) -> Any:
         sent.append(str(args[0]))
-        return execute(*args, **options)
+        return call(self, *args)
 
-    monkeypatch.setattr(redis_client, "execute_command", counting)
+    monkeypatch.setattr(Commands, "_call", counting)
     b = store.append_batch(ticks)
     assert sent == ["EVALSHA"]
     assert (

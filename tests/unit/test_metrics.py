@@ -5,9 +5,12 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-from prometheus_client import CollectorRegistry
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from stream.metrics import Health, Metrics, serve
+from stream.metrics import _FAST, BulkHistogram, Health, Metrics, serve
 
 REQUIRED = [
     "tickcast_consumer_lag",
@@ -39,6 +42,39 @@ def test_every_contract_metric_is_exposed() -> None:
     text = m.render().decode()
     for name in REQUIRED:
         assert f"\n{name}" in text or text.startswith(name), name
+
+
+@given(
+    batches=st.lists(
+        st.lists(
+            st.one_of(
+                st.sampled_from(_FAST),  # exactly on a bound: counted in that bucket (le)
+                st.floats(min_value=0.0, max_value=10.0, allow_nan=False),
+            ),
+            max_size=50,
+        ),
+        max_size=5,
+    )
+)
+def test_bulk_histogram_exposes_what_a_histogram_would(batches: list[list[float]]) -> None:
+    stock_registry, bulk_registry = CollectorRegistry(), CollectorRegistry()
+    stock = Histogram("lat_seconds", "doc", registry=stock_registry, buckets=_FAST)
+    bulk = BulkHistogram("lat_seconds", "doc", _FAST, bulk_registry)
+    for batch in batches:
+        for value in batch:
+            stock.observe(value)
+        bulk.observe_many(np.asarray(batch, dtype=np.float64))
+
+    def samples(registry: CollectorRegistry) -> dict[str, float]:
+        lines = generate_latest(registry).decode().splitlines()
+        # _created is the stock histogram's creation time; the sums may differ in the last bit
+        pairs = (line.rsplit(" ", 1) for line in lines if not line.startswith("#"))
+        return {k: float(v) for k, v in pairs if "_created" not in k}
+
+    a, b = samples(stock_registry), samples(bulk_registry)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert abs(a[key] - b[key]) <= 1e-9 * max(1.0, abs(a[key])), key
 
 
 def test_model_info_names_only_the_current_version() -> None:
