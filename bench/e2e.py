@@ -180,7 +180,9 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
 
     # ---------------------------------------------------------------- 4. latency
     latency = _latency(settings, bench_id, args, series, logs)
-    hop = _kafka_hop(settings, f"bench-{bench_id}-hop", args.rate, min(args.latency_seconds, 10.0))
+    floor_s = min(args.latency_seconds, 10.0)
+    hop = _kafka_hop(settings, f"bench-{bench_id}-hop", args.rate, floor_s)
+    relayed = _kafka_hop(settings, f"bench-{bench_id}-relay", args.rate, floor_s, relay=True)
 
     med = {
         k: statistics.median(r[k] for r in runs)
@@ -208,6 +210,11 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
     table.add_row(
         "  one plain Kafka hop, p50 / p99",
         f"{hop['p50_ms']:.2f} / {hop['p99_ms']:.1f} ms",
+        "",
+    )
+    table.add_row(
+        "  a do-nothing Python relay (two hops), p50 / p99",
+        f"{relayed['p50_ms']:.2f} / {relayed['p99_ms']:.1f} ms",
         "",
     )
     table.add_row("cold start to ready", f"{med['ready_s']:.2f} s", "<= 3 s")
@@ -248,6 +255,7 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
         "median": med,
         "latency": latency,
         "kafka_hop": hop,
+        "relay": relayed,
     }
     path = out / f"e2e-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=2))
@@ -263,6 +271,31 @@ def _env(ticks_topic: str, run_id: str) -> dict[str, str]:
         "TICKCAST_KAFKA__GROUP_ID": f"bench-{run_id}",
         "TICKCAST_REDIS__KEY_PREFIX": f"bench-{run_id}",
     }
+
+
+def _wait_for_quiet(idle: float = 0.75, timeout_s: float = 30.0) -> float:
+    """Wait until the machine's CPUs are at least `idle` idle over two half-second samples (or
+    `timeout_s`); returns the seconds waited.
+
+    The paced phase follows the throughput runs, after which the broker keeps the CPUs busy for
+    several seconds (its own clean-up, the page cache writing back); measured without this wait,
+    the first seconds of latency were 3-5 times the rest, a property of the benchmark's order.
+    """
+
+    def cpu_times() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+    started = time.monotonic()
+    quiet = 0
+    last = cpu_times()
+    while quiet < 2 and time.monotonic() - started < timeout_s:
+        time.sleep(0.5)
+        now = cpu_times()
+        busy_share = 1 - (now[0] - last[0]) / max(now[1] - last[1], 1)
+        quiet = quiet + 1 if 1 - busy_share >= idle else 0
+        last = now
+    return time.monotonic() - started
 
 
 def _published(admin: Any, topic: str) -> int:
@@ -290,9 +323,15 @@ def _produce_all(settings: Any, topic: str, messages: list[tuple[bytes | None, b
     return time.perf_counter() - t0
 
 
-def _kafka_hop(settings: Any, topic: str, rate: float, seconds: float) -> dict[str, float]:
-    """The floor under tick-to-forecast: produce to consume through the same broker, at the same
-    rate, with no tickcast in between (a forecast makes two such hops: tick in, forecast out)."""
+def _kafka_hop(
+    settings: Any, topic: str, rate: float, seconds: float, relay: bool = False
+) -> dict[str, float]:
+    """The floor under tick-to-forecast, at the same rate through the same broker.
+
+    relay=False: produce to consume, one hop. relay=True: two hops through bench/relay.py, a
+    consume-produce process that does nothing else (a forecast makes the same two hops)."""
+    import subprocess
+    import sys
     import threading
 
     import numpy as np
@@ -300,7 +339,8 @@ def _kafka_hop(settings: Any, topic: str, rate: float, seconds: float) -> dict[s
 
     from stream.kafka import ensure_topics, producer_config
 
-    ensure_topics(settings, [topic])
+    read_topic = f"{topic}.out" if relay else topic
+    ensure_topics(settings, [topic, read_topic])
     reader = Consumer(
         {
             **settings.kafka.librdkafka_common(),
@@ -309,39 +349,56 @@ def _kafka_hop(settings: Any, topic: str, rate: float, seconds: float) -> dict[s
             "enable.auto.commit": False,
         }
     )
-    reader.subscribe([topic])
+    reader.subscribe([read_topic])
     while not reader.assignment():
         reader.poll(0.1)
+    relay_proc = (
+        subprocess.Popen([sys.executable, "-m", "bench.relay", topic, read_topic])
+        if relay
+        else None
+    )
     producer = Producer({**producer_config(settings), "linger.ms": 0})
-    producer.produce(topic, value=b"0")  # connection, metadata and producer id before timing
-    producer.flush(10)
-    latencies: list[float] = []
-    count = int(rate * seconds)
-    done = threading.Event()
-
-    def read() -> None:
-        while not done.is_set() or len(latencies) < count:
-            msg = reader.poll(0.05)
-            if msg is not None and not msg.error() and msg.value() != b"0":
-                latencies.append(time.time() - float(msg.value() or b"0"))
-            if done.is_set() and time.monotonic() > give_up:
+    try:
+        # Connections, metadata and producer ids before timing: a first message, seen through.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            producer.produce(topic, value=b"0")
+            producer.flush(10)
+            msg = reader.poll(1.0)
+            if msg is not None and not msg.error():
                 break
+        latencies: list[float] = []
+        count = int(rate * seconds)
+        done = threading.Event()
 
-    give_up = float("inf")
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    start = time.perf_counter()
-    for i in range(count):
-        ahead = start + i / rate - time.perf_counter()
-        if ahead > 0:
-            time.sleep(ahead)
-        producer.produce(topic, key=str(i % 100).encode(), value=repr(time.time()).encode())
-        producer.poll(0)
-    producer.flush(10)
-    give_up = time.monotonic() + 10
-    done.set()
-    thread.join(15)
-    reader.close()
+        def read() -> None:
+            while not done.is_set() or len(latencies) < count:
+                msg = reader.poll(0.05)
+                if msg is not None and not msg.error() and msg.value() != b"0":
+                    latencies.append(time.time() - float(msg.value() or b"0"))
+                if done.is_set() and time.monotonic() > give_up:
+                    break
+
+        give_up = float("inf")
+        thread = threading.Thread(target=read, daemon=True)
+        _wait_for_quiet()
+        thread.start()
+        start = time.perf_counter()
+        for i in range(count):
+            ahead = start + i / rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
+            producer.produce(topic, key=str(i % 100).encode(), value=repr(time.time()).encode())
+            producer.poll(0)
+        producer.flush(10)
+        give_up = time.monotonic() + 10
+        done.set()
+        thread.join(15)
+    finally:
+        reader.close()
+        if relay_proc is not None:
+            relay_proc.terminate()
+            relay_proc.wait(15)
     ms = np.array(latencies) * 1000
     return {
         "messages": len(ms),
@@ -422,6 +479,7 @@ def _latency(
             producer.poll(0)
         producer.flush(30)
         time.sleep(2.0)  # let the service apply the warm-up before timing
+        settle_s = _wait_for_quiet()
         thread.start()
         start = time.perf_counter()
         for i, m in enumerate(paced):
@@ -453,6 +511,7 @@ def _latency(
     ]
     return {
         "ticks": len(paced),
+        "settle_s": settle_s,
         "measured": len(latencies),
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),

@@ -130,3 +130,31 @@ def test_demo_loses_nothing_across_its_kill_and_cleans_up(
         if t.startswith("demo-")
     ]
     assert left == []
+
+
+def test_bench_e2e_reports_every_number_and_cleans_up(
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+) -> None:
+    """A tiny run of `tickcast bench e2e`: it must keep working, not be fast."""
+    env = {
+        "TICKCAST_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "TICKCAST_REDIS__URL": redis_url,
+        "COLUMNS": "200",
+    }
+    args = ["bench", "e2e", "--ticks", "3000", "--symbols", "10", "--runs", "1"]
+    args += ["--rate", "200", "--latency-seconds", "2", "--out", str(tmp_path)]
+    proc = _tickcast(args, env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    [saved] = tmp_path.glob("e2e-*.json")
+    result = orjson.loads(saved.read_bytes())
+    assert result["windows"] == 10 * (300 - 59)  # every full window of every symbol
+    [run] = result["runs"]
+    assert run["forecasts_per_s"] > 0 and run["ready_s"] > 0 and run["peak_rss_mb"] > 10
+    assert set(run["stages"]) >= {"decode", "window", "cache", "inference", "produce"}
+    assert result["latency"]["measured"] == result["latency"]["ticks"]
+    for floor in (result["kafka_hop"], result["relay"]):
+        assert floor["messages"] > 0 and 0 < floor["p50_ms"] <= floor["p99_ms"]
+    from confluent_kafka.admin import AdminClient
+
+    topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
+    assert not [t for t in topics if t.startswith("bench-")]
