@@ -118,6 +118,7 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
         if len(prices) >= window:
             windows.append(prices[-window:])
     stacked = np.asarray(windows, dtype=np.float64)
+    del windows, per_symbol  # 11 million float objects the collector would walk while timing
     predictor = load_predictor(settings.model, window)
     step = settings.processing.max_batch
     predictor.predict_batch(stacked[:step])  # warm-up
@@ -134,7 +135,7 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(settings.kafka.librdkafka_common())
-    expected = len(windows)
+    expected = len(stacked)
     runs: list[dict[str, Any]] = []
     for r in range(args.runs):
         run_id = f"{bench_id}-{r}"
@@ -274,13 +275,19 @@ def _env(ticks_topic: str, run_id: str) -> dict[str, str]:
 
 
 def _wait_for_quiet(idle: float = 0.75, timeout_s: float = 30.0) -> float:
-    """Wait until the machine's CPUs are at least `idle` idle over two half-second samples (or
+    """Before a paced phase: freeze this process's objects out of the garbage collector's view,
+    then wait until the machine's CPUs are at least `idle` idle over two half-second samples (or
     `timeout_s`); returns the seconds waited.
 
     The paced phase follows the throughput runs, after which the broker keeps the CPUs busy for
-    several seconds (its own clean-up, the page cache writing back); measured without this wait,
-    the first seconds of latency were 3-5 times the rest, a property of the benchmark's order.
+    several seconds (its own clean-up, the page cache writing back); and a full collection of the
+    benchmark's own feed, mid-phase, stalled its paced producer for a few hundred ms. Without
+    both, the first paced second measured the benchmark, not the service.
     """
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
     def cpu_times() -> tuple[int, int]:
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -470,6 +477,10 @@ def _latency(
 
     last_sent = [time.time()]
     thread = threading.Thread(target=read, daemon=True)
+    # Reading from the start, as a downstream consumer would (it skips the warm-up's forecasts):
+    # a reader left unpolled through the warm-up made its first paced seconds a measurement of
+    # itself waking up.
+    thread.start()
     try:
         # The warm-up goes through the paced producer itself, so its connection, metadata and
         # producer id exist before the first timed tick.
@@ -480,7 +491,6 @@ def _latency(
         producer.flush(30)
         time.sleep(2.0)  # let the service apply the warm-up before timing
         settle_s = _wait_for_quiet()
-        thread.start()
         start = time.perf_counter()
         for i, m in enumerate(paced):
             ahead = start + i / args.rate - time.perf_counter()
