@@ -364,13 +364,9 @@ class Runner:
                 good, prepared, self._model_thread.submit(self._compute_and_fill, prepared), started
             )
         if previous is not None:
-            self._publish(
-                _InFlight(
-                    previous.messages, self.pipeline.finish(previous.prepared), previous.started
-                )
-            )
+            self._publish_prepared(previous.messages, previous.prepared, previous.started)
         if self.computing is None and self._compute(prepared):
-            self._publish(_InFlight(good, self.pipeline.finish(prepared), started))
+            self._publish_prepared(good, prepared, started)
 
     def _compute_and_fill(self, prepared: Prepared) -> None:
         """On the model thread. A failed fill is retried by the loop (`_await`)."""
@@ -400,36 +396,43 @@ class Runner:
         """Publish the batch on the model thread, if any, once its work is done."""
         batch, self.computing = self.computing, None
         if batch is not None and self._await(batch):
-            self._publish(
-                _InFlight(batch.messages, self.pipeline.finish(batch.prepared), batch.started)
-            )
+            self._publish_prepared(batch.messages, batch.prepared, batch.started)
 
     def _publish(self, batch: _InFlight) -> None:
         t0 = time.perf_counter()
         # Counted before producing: delivery reports are served only by poll(), below, so none
         # can arrive first; and a pending count is what keeps the batch from being committed.
-        batch.latch.sent(len(batch.result.forecasts) + len(batch.result.dead_letters))
-        for f in batch.result.forecasts:
+        self._produce_output(batch.result, batch.latch)
+        self.in_flight.append(batch)
+        self.producer.poll(0)
+        self.metrics.batch_seconds.labels(stage="produce").observe(time.perf_counter() - t0)
+
+    def _publish_prepared(
+        self, messages: list[Message], prepared: Prepared, started: float
+    ) -> None:
+        self._publish(_InFlight(messages, self.pipeline.finish(prepared), started))
+
+    def _produce_output(self, result: BatchResultLike, latch: DeliveryLatch) -> None:
+        """Produce a batch's forecasts and dead letters, each counted on `latch`."""
+        latch.sent(len(result.forecasts) + len(result.dead_letters))
+        for f in result.forecasts:
             produce(
                 self.producer,
                 self.config.forecasts_topic,
                 f.symbol.encode(),
                 encode_forecast(f),
                 forecast_headers(f),
-                batch.latch.on_delivery,
+                latch.on_delivery,
             )
-        for r in batch.result.dead_letters:
+        for r in result.dead_letters:
             produce(
                 self.producer,
                 self.config.dead_letter_topic,
                 r.key,
                 r.value,
                 dead_letter_headers(r),
-                batch.latch.on_delivery,
+                latch.on_delivery,
             )
-        self.in_flight.append(batch)
-        self.producer.poll(0)
-        self.metrics.batch_seconds.labels(stage="produce").observe(time.perf_counter() - t0)
 
     def _settle(self, wait: bool = False) -> None:
         """Serve delivery reports; commit, in order, every batch that is wholly acknowledged."""
@@ -531,25 +534,7 @@ class Runner:
         """Exactly-once: the batch's output and its input offsets in one transaction."""
         produce_started = time.perf_counter()
         self.producer.begin_transaction()
-        self.latch.sent(len(result.forecasts) + len(result.dead_letters))
-        for f in result.forecasts:
-            produce(
-                self.producer,
-                self.config.forecasts_topic,
-                f.symbol.encode(),
-                encode_forecast(f),
-                forecast_headers(f),
-                self.latch.on_delivery,
-            )
-        for r in result.dead_letters:
-            produce(
-                self.producer,
-                self.config.dead_letter_topic,
-                r.key,
-                r.value,
-                dead_letter_headers(r),
-                self.latch.on_delivery,
-            )
+        self._produce_output(result, self.latch)
         commit_started = time.perf_counter()
         self.producer.send_offsets_to_transaction(
             offsets, self.consumer.consumer_group_metadata(), self.config.delivery_timeout_s
