@@ -132,6 +132,7 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
     console.print(f"model-only ceiling: {ceiling:,.0f} windows/s (batches of {step})")
 
     # ---------------------------------------------------------------- 3. throughput
+    from confluent_kafka import TopicPartition
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(settings.kafka.librdkafka_common())
@@ -140,9 +141,14 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
     for r in range(args.runs):
         run_id = f"{bench_id}-{r}"
         env = _env(topic, run_id)
-        ensure_topics(
-            settings, [env["TICKCAST_TOPICS__FORECASTS"], env["TICKCAST_TOPICS__DEAD_LETTER"]]
-        )
+        forecasts_topic = env["TICKCAST_TOPICS__FORECASTS"]
+        ensure_topics(settings, [forecasts_topic, env["TICKCAST_TOPICS__DEAD_LETTER"]])
+        output = [
+            TopicPartition(forecasts_topic, p)
+            for p in admin.list_topics(forecasts_topic, timeout=10)
+            .topics[forecasts_topic]
+            .partitions
+        ]
         svc = ServiceProcess(logs / f"bench-{run_id}.log", env)
         svc.start()
         ready_s = svc.wait_ready()
@@ -150,7 +156,7 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
         try:
             # Done when the forecasts topic holds them all, asked of the broker: scraping the
             # service's /metrics this often would take its CPU (and GIL) from the run measured.
-            while (published := _published(admin, env["TICKCAST_TOPICS__FORECASTS"])) < expected:
+            while (published := _published(admin, output)) < expected:
                 if time.perf_counter() - t0 > 600:
                     raise RuntimeError(f"run {r}: only {published} forecasts in 600 s")
                 time.sleep(0.05)
@@ -305,14 +311,11 @@ def _wait_for_quiet(idle: float = 0.75, timeout_s: float = 30.0) -> float:
     return time.monotonic() - started
 
 
-def _published(admin: Any, topic: str) -> int:
-    """Messages in `topic`: the sum of its partitions' high watermarks, in one broker request."""
-    from confluent_kafka import TopicPartition
+def _published(admin: Any, partitions: list[Any]) -> int:
+    """Messages in the partitions: the sum of their high watermarks, in one broker request."""
     from confluent_kafka.admin import OffsetSpec
 
-    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-    request = {TopicPartition(topic, p): OffsetSpec.latest() for p in partitions}
-    futures = admin.list_offsets(request, request_timeout=10)
+    futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=10)
     return sum(f.result().offset for f in futures.values())
 
 

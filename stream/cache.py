@@ -46,15 +46,13 @@ def digest(prices: npt.NDArray[np.float64], horizon: int) -> str:
     This is also the forecast's `window_hash`. The bytes hashed are little-endian float64 whatever
     the array's dtype or layout, so equal windows always hash equal.
     """
-    h = hashlib.blake2b(digest_size=16)
-    h.update(np.ascontiguousarray(prices, dtype=_F64).tobytes())
-    h.update(struct.pack("<q", horizon))
-    return h.hexdigest()
+    return digests([prices], horizon)[0]
 
 
 def digests(windows: Sequence[npt.NDArray[np.float64]], horizon: int) -> list[str]:
     """`digest` of each window, hashing the arrays' memory in place where it is already
-    contiguous little-endian float64 (every window the store hands out): no copy per window."""
+    contiguous little-endian float64 (every window the store hands out): no copy per window.
+    Other layouts and dtypes are converted first, so equal values always hash equal."""
     suffix = struct.pack("<q", horizon)
     blake2b = hashlib.blake2b
     out = []
@@ -79,7 +77,6 @@ class ForecastCache:
     ) -> None:
         if ttl_seconds < 1:
             raise ValueError("ttl_seconds must be >= 1")
-        self._client = client
         self._prefix = key_prefix
         self.model_version = model_version
         self.horizon = horizon

@@ -29,11 +29,16 @@ from prometheus_client import (
 )
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 PREFIX = "tickcast"
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+#: How prometheus_client writes a Histogram's `le` (0.5 -> "0.5", 1 -> "1.0"); untyped there.
+_format_bound = cast("Callable[[float], str]", floatToGoString)
 
 
 class BulkHistogram(Collector):
@@ -76,13 +81,6 @@ class BulkHistogram(Collector):
             [], [(e, float(c)) for e, c in zip(edges, cumulative, strict=True)], total
         )
         yield family
-
-
-def _format_bound(bound: float) -> str:
-    """As prometheus_client writes a Histogram's `le`: 0.5 -> "0.5", 1 -> "1.0"."""
-    from prometheus_client.utils import floatToGoString  # untyped in the library
-
-    return str(cast("Callable[[float], str]", floatToGoString)(bound))
 
 
 class Metrics:

@@ -308,7 +308,6 @@ class WindowStore:
     ) -> None:
         if size < 1 or history < 0:
             raise ValueError("window size must be >= 1 and history >= 0")
-        self._client = client
         self._prefix = key_prefix
         self.size = size
         self.history = history
@@ -422,7 +421,7 @@ class WindowStore:
         if not parts:
             return {}
         try:
-            values: Any = self._client.mget([self.marker_key(p) for p in parts])
+            values = self._redis.mget([self.marker_key(p) for p in parts])
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis: marker read failed: {exc}") from exc
         return {p: None if v is None else int(v) for p, v in zip(parts, values, strict=True)}

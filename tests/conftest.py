@@ -15,6 +15,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,6 +95,23 @@ def redis_client(redis_url: str) -> Iterator[object]:
     client.ping()
     yield client
     client.close()
+
+
+@pytest.fixture
+def redis_commands_sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every command the hot-path Redis client (stream.redisio) sends from now on, by name: one
+    entry per round trip. Clear it after a warm-up call to count from there."""
+    from stream.redisio import Commands
+
+    sent: list[str] = []
+    call = Commands._call
+
+    def counting(self: Commands, *args: Any) -> Any:
+        sent.append(str(args[0]))
+        return call(self, *args)
+
+    monkeypatch.setattr(Commands, "_call", counting)
+    return sent
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import random
 import uuid
-from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ from redis.retry import Retry
 
 from stream.contracts import Tick
 from stream.errors import ConfigError, StoreUnavailable
-from stream.redisio import Commands
 from stream.windows import WindowBatch, WindowStore
 
 pytestmark = pytest.mark.integration
@@ -221,22 +219,13 @@ def test_markers_hold_the_highest_appended_offset(store: WindowStore) -> None:
     assert store.markers([]) == {}
 
 
-def test_one_script_call_per_batch(
-    store: WindowStore, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_one_script_call_per_batch(store: WindowStore, redis_commands_sent: list[str]) -> None:
     store.append_batch([tick(0)])  # the script is loaded now
     # 100 symbols, each always in the same one of 3 partitions, 10 ticks each
     ticks = [Tick(f"S{i % 100}", 1.0 + i, 1000 + i, (i % 100) % 3, i) for i in range(1000)]
-    sent: list[str] = []
-    call = Commands._call
-
-    def counting(self: Commands, *args: Any) -> Any:
-        sent.append(str(args[0]))
-        return call(self, *args)
-
-    monkeypatch.setattr(Commands, "_call", counting)
+    redis_commands_sent.clear()
     b = store.append_batch(ticks)
-    assert sent == ["EVALSHA"]
+    assert redis_commands_sent == ["EVALSHA"]
     assert (
         sum(b.counts[k] for k in ("processed", "late", "duplicate", "replayed", "too_old")) == 1000
     )
