@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from stream import localinfra
 from stream.launch import ServiceProcess, ensure_services
 from stream.metrics import scrape
 
@@ -37,6 +38,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=3, help="throughput runs (median reported)")
     parser.add_argument("--rate", type=float, default=1000.0, help="paced ticks/s for latency")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=3.0,
+        help="paced seconds before the latency is timed (reported apart: the first second after idle)",
+    )
     parser.add_argument("--out", default="bench/results", help="folder for the JSON result")
 
 
@@ -137,6 +144,8 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
 
     admin = AdminClient(settings.kafka.librdkafka_common())
     expected = len(stacked)
+    # CPU of the local broker and Redis too, when they are the ones this machine runs.
+    services = localinfra.running()
     runs: list[dict[str, Any]] = []
     for r in range(args.runs):
         run_id = f"{bench_id}-{r}"
@@ -152,6 +161,8 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
         svc = ServiceProcess(logs / f"bench-{run_id}.log", env)
         svc.start()
         ready_s = svc.wait_ready()
+        pid = svc.proc.pid if svc.proc else 0
+        cpu_before = _cpu_seconds(pid, services)
         t0 = time.perf_counter()
         try:
             # Done when the forecasts topic holds them all, asked of the broker: scraping the
@@ -167,7 +178,8 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
                 for k, v in m.items()
                 if k.startswith("tickcast_batch_seconds_sum")
             }
-            rss = _peak_rss_mb(svc.proc.pid if svc.proc else 0)
+            cpu_after = _cpu_seconds(pid, services)
+            rss = _peak_rss_mb(pid)
         finally:
             svc.stop()
         runs.append(
@@ -178,6 +190,10 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
                 "forecasts_per_s": expected / elapsed,
                 "stages": stages,
                 "peak_rss_mb": rss,
+                # CPU microseconds per forecast, by process and thread, while it ran
+                "cpu_us_per_forecast": {
+                    k: (cpu_after[k] - cpu_before[k]) * 1e6 / expected for k in cpu_after
+                },
             }
         )
         console.print(
@@ -188,8 +204,11 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
     # ---------------------------------------------------------------- 4. latency
     latency = _latency(settings, bench_id, args, series, logs)
     floor_s = min(args.latency_seconds, 10.0)
-    hop = _kafka_hop(settings, f"bench-{bench_id}-hop", args.rate, floor_s)
-    relayed = _kafka_hop(settings, f"bench-{bench_id}-relay", args.rate, floor_s, relay=True)
+    warmup_s = args.warmup_seconds
+    hop = _kafka_hop(settings, f"bench-{bench_id}-hop", args.rate, floor_s, warmup_s)
+    relayed = _kafka_hop(
+        settings, f"bench-{bench_id}-relay", args.rate, floor_s, warmup_s, relay=True
+    )
 
     med = {
         k: statistics.median(r[k] for r in runs)
@@ -231,6 +250,12 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
         f"p50 {latency['worst_second_p50_ms']:.0f} ms, max {latency['max_ms']:.0f} ms",
         "",
     )
+    first = latency["first_second_after_idle"]
+    table.add_row(
+        f"  first paced second after idle (not timed above; {args.warmup_seconds:g} s warm-up)",
+        f"p50 {first['p50_ms']:.0f} ms, max {first['max_ms']:.0f} ms",
+        "",
+    )
     # Where a run's wall time went, from the service's own batch_seconds: ms per 1,000 ticks.
     share = {
         stage: statistics.median(r["stages"].get(stage, 0.0) / r["seconds"] for r in runs)
@@ -248,6 +273,20 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
         "others: the shares overlap)",
         "",
     )
+    # Where the CPU went, per forecast, and what two cores allow at that cost.
+    cpu = {
+        k: statistics.median(r["cpu_us_per_forecast"][k] for r in runs)
+        for k in runs[0]["cpu_us_per_forecast"]
+    }
+    total_us = sum(cpu.values())
+    table.add_row(
+        "CPU per forecast, all processes",
+        f"{total_us:.1f} us (2 cores: at most {2e6 / total_us:,.0f}/s)",
+        f"<= {2e6 / (0.75 * ceiling):.1f} us",
+    )
+    for k, v in cpu.items():
+        table.add_row(f"  {k}", f"{v:.1f} us", "")
+    table.add_row("  the model alone (the ceiling's own cost)", f"{1e6 / ceiling:.1f} us", "")
     console.print(table)
 
     out = Path(args.out)
@@ -268,6 +307,44 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
     path.write_text(json.dumps(result, indent=2))
     console.print(f"saved {path}")
     return 0
+
+
+def _cpu_seconds(pid: int, services: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds so far: the service's loop (main) thread, its librdkafka threads
+    (named rdk:*), the rest of it (the model thread, the metrics server), and each local service.
+
+    A process's own line counts the threads that have exited too; its tasks' lines do not, so
+    "service, other" is the process total less the two thread groups named.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def seconds(stat: str) -> tuple[str, float]:
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return name, (int(fields[11]) + int(fields[12])) / tick
+
+    def read(path: Path) -> str:
+        try:
+            return path.read_text()
+        except OSError:
+            return "0 (gone) S" + " 0" * 50
+
+    _, total = seconds(read(Path(f"/proc/{pid}/stat")))
+    main = rdkafka = 0.0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        name, secs = seconds(read(task / "stat"))
+        if task.name == str(pid):
+            main = secs
+        elif name.startswith("rdk:"):
+            rdkafka += secs
+    out = {
+        "service loop thread": main,
+        "service librdkafka threads": rdkafka,
+        "service model thread and others": total - main - rdkafka,
+    }
+    for name, service_pid in services.items():
+        out[f"{name} (local)"] = seconds(read(Path(f"/proc/{service_pid}/stat")))[1]
+    return out
 
 
 def _env(ticks_topic: str, run_id: str) -> dict[str, str]:
@@ -334,7 +411,7 @@ def _produce_all(settings: Any, topic: str, messages: list[tuple[bytes | None, b
 
 
 def _kafka_hop(
-    settings: Any, topic: str, rate: float, seconds: float, relay: bool = False
+    settings: Any, topic: str, rate: float, seconds: float, warmup_s: float, relay: bool = False
 ) -> dict[str, float]:
     """The floor under tick-to-forecast, at the same rate through the same broker.
 
@@ -378,14 +455,17 @@ def _kafka_hop(
             if msg is not None and not msg.error():
                 break
         latencies: list[float] = []
-        count = int(rate * seconds)
+        warm_n = int(rate * warmup_s)  # paced like the rest, not timed (as in _latency)
+        count = warm_n + int(rate * seconds)
         done = threading.Event()
 
         def read() -> None:
-            while not done.is_set() or len(latencies) < count:
+            while not done.is_set() or len(latencies) < count - warm_n:
                 msg = reader.poll(0.05)
                 if msg is not None and not msg.error() and msg.value() != b"0":
-                    latencies.append(time.time() - float(msg.value() or b"0"))
+                    i, sent = (msg.value() or b"0 0").split(b" ")
+                    if int(i) >= warm_n:
+                        latencies.append(time.time() - float(sent))
                 if done.is_set() and time.monotonic() > give_up:
                     break
 
@@ -398,7 +478,9 @@ def _kafka_hop(
             ahead = start + i / rate - time.perf_counter()
             if ahead > 0:
                 time.sleep(ahead)
-            producer.produce(topic, key=str(i % 100).encode(), value=repr(time.time()).encode())
+            producer.produce(
+                topic, key=str(i % 100).encode(), value=f"{i} {time.time()!r}".encode()
+            )
             producer.poll(0)
         producer.flush(10)
         give_up = time.monotonic() + 10
@@ -435,7 +517,12 @@ def _latency(
     ensure_topics(
         settings, [topic, env["TICKCAST_TOPICS__FORECASTS"], env["TICKCAST_TOPICS__DEAD_LETTER"]]
     )
-    paced_rows = int(args.rate * args.latency_seconds / args.symbols) + 1
+    # The first warmup_seconds of pacing are not timed: after the fast warm-up and the quiet
+    # wait, the broker's small-request paths are cold (its JIT compiles them as the paced load
+    # starts; seen here as one stall of ~250 ms in some runs, the do-nothing relay's too). They
+    # are reported apart, as the first second after idle.
+    warm_n = int(args.rate * args.warmup_seconds)
+    paced_rows = int((args.rate * args.latency_seconds + warm_n) / args.symbols) + 1
     # One full window per symbol before timing, so the service's first forecast produce (metadata,
     # producer id) and the reader's first fetch are not measured as latency.
     warm_rows = settings.window.size
@@ -445,9 +532,10 @@ def _latency(
     svc = ServiceProcess(logs / f"bench-{run_id}.log", env)
     svc.start()
     svc.wait_ready()
-    sent_at: dict[tuple[str, int], float] = {}
+    sent_at: dict[tuple[str, int], tuple[float, int]] = {}
     latencies: list[float] = []
     sent_times: list[float] = []
+    first_second: list[float] = []
     done = threading.Event()
 
     reader = Consumer(
@@ -464,17 +552,22 @@ def _latency(
         reader.poll(0.1)
 
     def read() -> None:
-        while not done.is_set() or len(latencies) < len(paced):
+        while not done.is_set() or len(latencies) < len(paced) - warm_n:
             # poll, not consume(n, timeout): consume waits for n messages or the whole timeout,
             # which would be measured as latency.
             msg = reader.poll(0.05)
             if msg is not None and not msg.error():
                 now = time.time()
                 f = decode_forecast(msg.value())
-                t = sent_at.get((f.symbol, f.ts))
-                if t is not None:
+                sent = sent_at.get((f.symbol, f.ts))
+                if sent is None:
+                    continue
+                t, i = sent
+                if i >= warm_n:
                     latencies.append(now - t)
                     sent_times.append(t)
+                elif i < args.rate:
+                    first_second.append(now - t)
             if done.is_set() and time.time() - last_sent[0] > 10:
                 break
 
@@ -499,7 +592,7 @@ def _latency(
             ahead = start + i / args.rate - time.perf_counter()
             if ahead > 0:
                 time.sleep(ahead)
-            sent_at[(m.symbol or "", orjson.loads(m.value)["ts"])] = time.time()
+            sent_at[(m.symbol or "", orjson.loads(m.value)["ts"])] = (time.time(), i)
             producer.produce(topic, value=m.value, key=m.key)
             producer.poll(0)
         producer.flush(30)
@@ -522,8 +615,14 @@ def _latency(
         }
         for sec in np.unique(seconds)
     ]
+    first = np.array(first_second or [np.nan]) * 1000
     return {
-        "ticks": len(paced),
+        "ticks": len(paced) - warm_n,
+        "warmup_ticks": warm_n,
+        "first_second_after_idle": {
+            "p50_ms": float(np.median(first)),
+            "max_ms": float(first.max()),
+        },
         "settle_s": settle_s,
         "measured": len(latencies),
         "p50_ms": float(np.percentile(ms, 50)),

@@ -344,7 +344,13 @@ def start_kafka(layout: Layout, ports: Ports, ready_timeout: float = 90.0) -> No
     started = time.monotonic()
     with log.open("a") as out:
         proc = subprocess.Popen(
-            _java(layout, "kafka.Kafka", str(props)),
+            _java(
+                layout,
+                # GC pauses stop the broker: logged so a latency spike can be matched to one.
+                f"-Xlog:gc:file={layout.logs / 'kafka-gc.log'}:time,uptime:filecount=2,filesize=10m",
+                "kafka.Kafka",
+                str(props),
+            ),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -495,6 +501,13 @@ def down(layout: Layout | None = None) -> None:
     layout = layout or Layout.from_env()
     _stop(layout, "kafka")
     _stop(layout, "redis")
+
+
+def running(layout: Layout | None = None) -> dict[str, int]:
+    """The pids of the local services `up` started that are running, by name."""
+    layout = layout or Layout.from_env()
+    pids = {name: _read_pid(layout.pidfile(name)) for name in ("kafka", "redis")}
+    return {name: pid for name, pid in pids.items() if pid is not None}
 
 
 def status(layout: Layout | None = None, ports: Ports | None = None) -> bool:

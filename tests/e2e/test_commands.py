@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from stream import localinfra
 from stream.contracts import (
     Forecast,
     Source,
@@ -142,7 +143,8 @@ def test_bench_e2e_reports_every_number_and_cleans_up(
         "COLUMNS": "200",
     }
     args = ["bench", "e2e", "--ticks", "3000", "--symbols", "10", "--runs", "1"]
-    args += ["--rate", "200", "--latency-seconds", "2", "--out", str(tmp_path)]
+    args += ["--rate", "200", "--latency-seconds", "2", "--warmup-seconds", "1"]
+    args += ["--out", str(tmp_path)]
     proc = _tickcast(args, env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     [saved] = tmp_path.glob("e2e-*.json")
@@ -151,7 +153,18 @@ def test_bench_e2e_reports_every_number_and_cleans_up(
     [run] = result["runs"]
     assert run["forecasts_per_s"] > 0 and run["ready_s"] > 0 and run["peak_rss_mb"] > 10
     assert set(run["stages"]) >= {"decode", "window", "cache", "inference", "produce"}
-    assert result["latency"]["measured"] == result["latency"]["ticks"]
+    cpu = run["cpu_us_per_forecast"]
+    assert cpu["service loop thread"] > 0 and cpu["service model thread and others"] > 0
+    for name in localinfra.running():  # the local services' CPU is counted too
+        assert cpu[f"{name} (local)"] > 0
+    latency = result["latency"]
+    # The paced warm-up (200 ticks) is reported apart, never in the timed figures.
+    assert latency["warmup_ticks"] == 200 and latency["measured"] == latency["ticks"]
+    assert (
+        0
+        < latency["first_second_after_idle"]["p50_ms"]
+        <= latency["first_second_after_idle"]["max_ms"]
+    )
     for floor in (result["kafka_hop"], result["relay"]):
         assert floor["messages"] > 0 and 0 < floor["p50_ms"] <= floor["p99_ms"]
     from confluent_kafka.admin import AdminClient
