@@ -6,9 +6,12 @@
    of `processing.max_batch`: windows/s.
 3. Throughput, R runs: a fresh `tickcast run` process (new group, new Redis prefix, so every window
    is new and every cache lookup misses) consumes the whole topic. Cold start to /readyz, ready to
-   the last forecast, forecasts/s and ticks/s, per-stage time from its own metrics, peak RSS.
+   the last forecast, forecasts/s and ticks/s, per-stage time from its own metrics, peak RSS,
+   and CPU per forecast (from /proc) of the service's threads and of the local broker and Redis.
+   Then bench/relay.py, a consume-produce loop doing nothing else, over the same ticks.
 4. Latency: a fresh service; the symbols' windows warmed first, then ticks paced at --rate
-   (default 1,000/s); tick produce to forecast receipt, measured by a reader on the same clock.
+   (default 1,000/s), the first --warmup-seconds untimed; tick produce to forecast receipt,
+   measured by a reader on the same clock. The same for one Kafka hop and for the relay.
 
 Medians over the runs; ratios against the ceiling measured in the same invocation.
 """
@@ -361,7 +364,7 @@ def _cpu_seconds(pid: int, services: dict[str, int]) -> dict[str, float]:
     (named rdk:*), the rest of it (the model thread, the metrics server), and each local service.
 
     A process's own line counts the threads that have exited too; its tasks' lines do not, so
-    "service, other" is the process total less the two thread groups named.
+    "others" is the process total less the two thread groups named.
     """
     tick = os.sysconf("SC_CLK_TCK")
 
@@ -579,9 +582,9 @@ def _latency(
         settings, [topic, env["TICKCAST_TOPICS__FORECASTS"], env["TICKCAST_TOPICS__DEAD_LETTER"]]
     )
     # The first warmup_seconds of pacing are not timed: after the fast warm-up and the quiet
-    # wait, the broker's small-request paths are cold (its JIT compiles them as the paced load
-    # starts; seen here as one stall of ~250 ms in some runs, the do-nothing relay's too). They
-    # are reported apart, as the first second after idle.
+    # wait, the broker's small-request paths are cold (most likely its JIT compiling them as the
+    # paced load starts; seen here as one stall of 250-350 ms in some runs, the do-nothing
+    # relay's too). They are reported apart, as the first second after idle.
     warm_n = int(args.rate * args.warmup_seconds)
     paced_rows = int((args.rate * args.latency_seconds + warm_n) / args.symbols) + 1
     # One full window per symbol before timing, so the service's first forecast produce (metadata,
