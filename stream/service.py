@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from stream.cache import ForecastCache
 from stream.config import Settings
-from stream.errors import UnreachableError
+from stream.errors import ConfigError, UnreachableError
 from stream.kafka import check_reachable, consumer_config, ensure_topics, producer_config
 from stream.metrics import Health, Metrics, serve
 from stream.pipeline import Pipeline
@@ -57,10 +57,20 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
     try:
         client.ping()
+        cluster = client.info("cluster").get("cluster_enabled") == 1
     except redis.RedisError as exc:
         raise UnreachableError(
             f"cannot reach Redis at {_safe_url(settings.redis.url)} (redis.url): {exc}"
         ) from None
+    if cluster:
+        # The keys carry hash tags, but a batch's script call spans many slots: on a cluster
+        # node it would fail at the first batch (CROSSSLOT) instead of here.
+        client.close()
+        raise ConfigError(
+            f"Redis at {_safe_url(settings.redis.url)} (redis.url) is a Redis Cluster node; "
+            "tickcast needs a single Redis (a primary, with replicas if you like): grouping a "
+            "batch's window updates by cluster node is not built yet"
+        )
     return client
 
 
