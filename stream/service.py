@@ -17,12 +17,13 @@ from prometheus_client import CollectorRegistry
 
 from stream.cache import ForecastCache
 from stream.config import Settings
-from stream.errors import ConfigError, UnreachableError
+from stream.errors import UnreachableError
 from stream.kafka import check_reachable, consumer_config, ensure_topics, producer_config
 from stream.metrics import Health, Metrics, serve
 from stream.pipeline import Pipeline
 from stream.predictor import Predictor, load_predictor
 from stream.rebuild import Rebuilder
+from stream.redisio import Commands
 from stream.reload import ModelReloader
 from stream.runner import Runner, RunnerConfig
 from stream.windows import WindowStore
@@ -57,35 +58,17 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
     try:
         client.ping()
-        cluster = client.info("cluster").get("cluster_enabled") == 1
     except redis.RedisError as exc:
         raise UnreachableError(
             f"cannot reach Redis at {_safe_url(settings.redis.url)} (redis.url): {exc}"
         ) from None
-    if cluster:
-        # The keys carry hash tags, but a batch's script call spans many slots: on a cluster
-        # node it would fail at the first batch (CROSSSLOT) instead of here.
-        client.close()
-        raise ConfigError(
-            f"Redis at {_safe_url(settings.redis.url)} (redis.url) is a Redis Cluster node; "
-            "tickcast needs a single Redis (a primary, with replicas if you like): grouping a "
-            "batch's window updates by cluster node is not built yet"
-        )
     return client
 
 
 def delete_keys(client: redis.Redis, key_prefix: str) -> int:
-    """Delete every key under `key_prefix:` (a demo's or benchmark's windows and cache)."""
-    deleted = 0
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=f"{key_prefix}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            deleted += int(client.delete(*batch))
-            batch.clear()
-    if batch:
-        deleted += int(client.delete(*batch))
-    return deleted
+    """Delete every key under `key_prefix:` (a demo's or benchmark's windows and cache), on every
+    node of a cluster."""
+    return Commands(client).delete_matching(f"{key_prefix}:*")
 
 
 def _safe_url(url: str) -> str:

@@ -27,6 +27,12 @@ Per tick, the script decides (same partition as the last applied entry, unless n
 
 The per-partition marker `{prefix}:mark:{topic}:{partition}` holds the highest appended offset;
 it is written in the same call, so windows and marker cannot disagree after a crash.
+
+On a Redis Cluster a batch is one such call per node, each with the ticks of the symbols that node
+holds, and each node keeps its own markers (under a hash tag the node owns). A node with no tick
+of a partition in a batch gets that partition's marker raised to the batch's last offset there
+(it had nothing to apply), so `markers` can take the lowest over the nodes, and a node that lost
+its state (no marker) has the partition rebuilt.
 """
 
 from __future__ import annotations
@@ -44,12 +50,13 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from stream.contracts import Tick, Window
 from stream.errors import ConfigError, StoreUnavailable
-from stream.redisio import Commands
+from stream.redisio import SINGLE, Commands
 
 OUTCOMES = ("processed", "warming", "replayed", "late", "duplicate", "too_old")
 
 # KEYS[1..n]      the window key of each distinct symbol of the batch
 # KEYS[n+1..]     the marker key of each distinct partition of the batch
+#                 (on a Redis Cluster no key is declared: they come as ARGV[5..], see redisio)
 # ARGV[1]         W, the window size
 # ARGV[2]         C, the ring capacity (W + R) for keys this call creates
 # ARGV[3]         n, the number of window keys
@@ -69,6 +76,8 @@ OUTCOMES = ("processed", "warming", "replayed", "late", "duplicate", "too_old")
 # All reads that can fail (layout checks) come before the first write, and nothing after the first
 # write can fail, so a batch is applied entirely or not at all.
 _APPEND_BATCH_LUA = r"""
+local K = KEYS
+if #K == 0 then K = {} for i = 5, #ARGV do K[#K + 1] = ARGV[i] end end
 local W = tonumber(ARGV[1])
 local NEWCAP = tonumber(ARGV[2])
 local NKEYS = tonumber(ARGV[3])
@@ -78,7 +87,7 @@ local sunpack, sub, concat = struct.unpack, string.sub, table.concat
 
 local states, blocks, refs = {}, {}, {}
 for k = 1, NKEYS do
-  local key = KEYS[k]
+  local key = K[k]
   local h = redis.call('GETRANGE', key, 0, HDR - 1)
   local st = {key = key, count = 0, lstart = 0, cap = NEWCAP,
               pprice = {}, pmeta = {}}
@@ -254,11 +263,28 @@ for k = 1, NKEYS do
   tails[k] = states[k].tail or ''
 end
 for mi, off in pairs(marks) do
-  local mk = KEYS[NKEYS + mi]
+  local mk = K[NKEYS + mi]
   local cur = tonumber(redis.call('GET', mk))
   if cur == nil or cur < off then redis.call('SET', mk, string.format('%.0f', off)) end
 end
 return {concat(outcomes), concat(refs), blocks, tails}
+"""
+
+# KEYS: marker keys (on a cluster: ARGV after the offsets); ARGV: an offset for each, in order.
+# Raises each marker to its offset (never lowers it).
+_RAISE_MARKERS_LUA = r"""
+local K = KEYS
+local n = #K
+if n == 0 then
+  n = #ARGV / 2
+  K = {} for i = 1, n do K[i] = ARGV[n + i] end
+end
+for i = 1, n do
+  local cur = tonumber(redis.call('GET', K[i]))
+  local off = tonumber(ARGV[i])
+  if cur == nil or cur < off then redis.call('SET', K[i], string.format('%.0f', off)) end
+end
+return n
 """
 
 # u32 window key index, u32 marker key index, price, offset, ts, partition (see the script)
@@ -314,17 +340,46 @@ class WindowStore:
         self.source_topic = source_topic
         self._redis = Commands(client)
         self._append_batch = self._redis.script(_APPEND_BATCH_LUA)
+        self._raise_markers = self._redis.script(_RAISE_MARKERS_LUA)
 
     def window_key(self, symbol: str) -> str:
         return f"{self._prefix}:win:{{{symbol}}}"
 
-    def marker_key(self, partition: int) -> str:
-        return f"{self._prefix}:mark:{self.source_topic}:{partition}"
+    def marker_key(self, partition: int, node: str = SINGLE) -> str:
+        """On a cluster, one marker per node, under a hash tag that node owns."""
+        tag = f"{self._redis.local_tag(node)}:" if node != SINGLE else ""
+        return f"{self._prefix}:mark:{tag}{self.source_topic}:{partition}"
 
     def append_batch(self, ticks: Sequence[Tick]) -> WindowBatch:
-        """Apply a batch in one atomic script call; see the module docstring for the rules."""
+        """Apply a batch in one atomic script call per Redis node; see the module docstring."""
         if not ticks:
             return WindowBatch([], [])
+        try:
+            if not self._redis.cluster:
+                return self._append_on(SINGLE, ticks)
+            by_node = self._redis.group(self.window_key(t.symbol) for t in ticks)
+            # A cluster: each node's ticks in one call to it. A node had nothing to apply of a
+            # partition none of its ticks came from: its marker of that partition is raised to
+            # the batch's last offset there, so every node's markers keep up (see `markers`).
+            parts = [
+                self._append_on(node, [ticks[i] for i in indexes])
+                for node, indexes in by_node.items()
+            ]
+            tops: dict[int, int] = {}
+            for t in ticks:
+                tops[t.partition] = max(tops.get(t.partition, -1), t.offset)
+            for node in self._redis.nodes():
+                had = {ticks[i].partition for i in by_node.get(node, [])}
+                rest = [p for p in tops if p not in had]
+                if rest:
+                    keys = [self.marker_key(p, node) for p in rest]
+                    offsets = [tops[p] for p in rest]
+                    self._redis.evalsha(self._raise_markers, keys, offsets, node=node)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"redis: window update failed: {exc}") from exc
+        return _merge(ticks, parts)
+
+    def _append_on(self, node: str, ticks: Sequence[Tick]) -> WindowBatch:
         key_index: dict[str, int] = {}
         mark_index: dict[int, int] = {}
         pack = _TICK_RECORD.pack
@@ -336,7 +391,7 @@ class WindowStore:
             symbol_ids.append(ki)
             records.append(pack(ki, mi, t.price, t.offset, t.ts, t.partition))
         keys = [self.window_key(s) for s in key_index]
-        keys += [self.marker_key(p) for p in mark_index]
+        keys += [self.marker_key(p, node) for p in mark_index]
         args: list[bytes | int] = [
             self.size,
             self.size + self.history,
@@ -344,7 +399,7 @@ class WindowStore:
             b"".join(records),
         ]
         try:
-            reply: Any = self._redis.evalsha(self._append_batch, keys, args)
+            reply: Any = self._redis.evalsha(self._append_batch, keys, args, node=node)
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis: window update failed: {exc}") from exc
         except redis.exceptions.ResponseError as exc:
@@ -416,12 +471,37 @@ class WindowStore:
         return WindowBatch(windows, rejected, counts)
 
     def markers(self, partitions: Iterable[int]) -> dict[int, int | None]:
-        """The highest appended offset per partition, None where no marker exists (state lost?)."""
+        """The highest appended offset per partition, None where no marker exists (state lost?).
+
+        On a cluster, the lowest over the nodes, and None if any node has none: a node that
+        lost its state must be rebuilt even when the others did not.
+        """
         parts = list(partitions)
         if not parts:
             return {}
         try:
-            values = self._redis.mget([self.marker_key(p) for p in parts])
+            nodes = self._redis.nodes() if self._redis.cluster else [SINGLE]
+            values = self._redis.mget([self.marker_key(p, n) for n in nodes for p in parts])
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis: marker read failed: {exc}") from exc
-        return {p: None if v is None else int(v) for p, v in zip(parts, values, strict=True)}
+        out: dict[int, int | None] = {}
+        for i, p in enumerate(parts):
+            per_node = values[i :: len(parts)]
+            out[p] = (
+                None
+                if any(v is None for v in per_node)
+                else min(int(v) for v in per_node if v is not None)
+            )
+        return out
+
+
+def _merge(ticks: Sequence[Tick], parts: list[WindowBatch]) -> WindowBatch:
+    """One WindowBatch, in input order, from the batches of each node's share of `ticks`."""
+    index = {id(t): i for i, t in enumerate(ticks)}
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for batch in parts:
+        for name, value in batch.counts.items():
+            counts[name] += value
+    windows = sorted((w for b in parts for w in b.windows), key=lambda w: index[id(w.tick)])
+    rejected = sorted((r for b in parts for r in b.rejected), key=lambda r: index[id(r[0])])
+    return WindowBatch(windows, rejected, counts)

@@ -106,9 +106,9 @@ def redis_commands_sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     sent: list[str] = []
     call = Commands._call
 
-    def counting(self: Commands, *args: Any) -> Any:
+    def counting(self: Commands, *args: Any, **kwargs: Any) -> Any:
         sent.append(str(args[0]))
-        return call(self, *args)
+        return call(self, *args, **kwargs)
 
     monkeypatch.setattr(Commands, "_call", counting)
     return sent
@@ -156,3 +156,76 @@ def topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
             # A topic already gone must not fail the test that made it.
             with contextlib.suppress(Exception):
                 fut.result(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real three-primary Redis Cluster on loopback (Debian's redis-server and redis-cli), for
+    the session; its seed node's URL."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    import redis
+
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    assert server and cli, "redis-server and redis-cli are needed (`tickcast services up`)"
+    root = tmp_path_factory.mktemp("redis-cluster")
+
+    def free(port: int) -> bool:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    # Each node also listens on its port + 10000 (the cluster bus), which must be a port too.
+    ports: list[int] = []
+    candidate = 30000 + uuid.uuid4().int % 20000
+    while len(ports) < 3:
+        candidate += 1
+        if free(candidate) and free(candidate + 10000):
+            ports.append(candidate)
+    nodes = []
+    for port in ports:
+        folder = root / str(port)
+        folder.mkdir()
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
+        args += ["--cluster-config-file", "nodes.conf", "--dir", str(folder)]
+        args += ["--save", "", "--appendonly", "no"]
+        nodes.append(
+            subprocess.Popen(
+                [server, *args], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        )
+    try:
+        for port in ports:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    redis.Redis(port=port).ping()
+                    break
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline, f"cluster node {port} did not start"
+                    time.sleep(0.05)
+        addresses = [f"127.0.0.1:{p}" for p in ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+        )
+        deadline = time.monotonic() + 20
+        while any(
+            b"cluster_state:ok" not in redis.Redis(port=p).execute_command("CLUSTER", "INFO")
+            for p in ports
+        ):
+            assert time.monotonic() < deadline, "the Redis Cluster did not come up"
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for node in nodes:
+            node.terminate()
+        for node in nodes:
+            node.wait(10)

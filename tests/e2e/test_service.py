@@ -84,13 +84,18 @@ def _fields(f: Forecast) -> tuple[object, ...]:
     return tuple(getattr(f, n) for n in f.__slots__ if n not in ("cached", "produced_at"))
 
 
+@pytest.mark.parametrize("store", ["one Redis", "Redis Cluster"])
 @pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
-def test_sigkill_and_restart_lose_nothing(setup, kafka_bootstrap, predictor, guarantee) -> None:  # type: ignore[no-untyped-def]
+def test_sigkill_and_restart_lose_nothing(
+    setup, kafka_bootstrap, predictor, guarantee, store, request
+) -> None:  # type: ignore[no-untyped-def]
     # Small batches so the kill lands mid-stream, between commits.
     overrides = {
         "TICKCAST_PROCESSING__GUARANTEE": guarantee,
         "TICKCAST_PROCESSING__MAX_BATCH": "50",
     }
+    if store == "Redis Cluster":  # three nodes: a batch's windows in one script call per node
+        overrides["TICKCAST_REDIS__URL"] = request.getfixturevalue("redis_cluster_url")
     feed = gold_feed(symbols=8, rows=400)
     windows = expected_windows(feed)
     first = setup(**overrides).start()

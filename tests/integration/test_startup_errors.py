@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -87,37 +84,3 @@ def test_redis_password_never_appears_in_messages(kafka_bootstrap: str) -> None:
     assert proc.returncode == 2
     assert f"redis://***@127.0.0.1:{port}/0" in proc.stderr
     assert "hunter2" not in proc.stderr + proc.stdout and "hunter3" not in proc.stderr + proc.stdout
-
-
-def test_redis_cluster_node_is_refused_at_start(kafka_bootstrap: str, tmp_path: Path) -> None:
-    """A batch's script call spans many hash slots: on a cluster node it would fail mid-stream."""
-    server = shutil.which("redis-server")
-    assert server, "redis-server is not installed (`tickcast services up` installs it)"
-    port = _closed_port()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
-    args += ["--cluster-config-file", str(tmp_path / "nodes.conf"), "--dir", str(tmp_path)]
-    args += ["--save", "", "--appendonly", "no"]
-    node = subprocess.Popen(
-        [server, *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        proc = _run(
-            {
-                "TICKCAST_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
-                "TICKCAST_REDIS__URL": f"redis://127.0.0.1:{port}/0",
-            }
-        )
-    finally:
-        node.terminate()
-        node.wait(10)
-    assert proc.returncode == 2, proc.stderr
-    assert f"Redis at redis://127.0.0.1:{port}/0 (redis.url) is a Redis Cluster node" in proc.stderr
-    assert "Traceback" not in proc.stderr
