@@ -93,10 +93,12 @@ class Commands:
             return ""
         tag = self._tags.get(node)
         if tag is None:
-            i = 0
-            while self.node_of(f"{{n{i}}}") != node:
-                i += 1
-            tag = self._tags[node] = f"{{n{i}}}"
+            # {n0}..{n145593} cover every slot; a node that owns none left the map meanwhile.
+            for i in range(145_594):
+                if self.node_of(f"{{n{i}}}") == node:
+                    tag = self._tags[node] = f"{{n{i}}}"
+                    return tag
+            raise redis.exceptions.ConnectionError(f"redis cluster changed: {node} owns no slot")
         return tag
 
     # ------------------------------------------------------------ commands
