@@ -31,19 +31,12 @@ _F64 = np.dtype("<f8")
 #: KEYS[i]: cache key i; ARGV[1]: TTL in seconds; ARGV[i + 1]: the value for KEYS[i].
 #: One command instead of a pipeline of SETs: redis-py spends ~150 us per pipelined command in
 #: Python packing and parsing, which for a 1,000-window batch cost more than the model call.
-#: On a Redis Cluster no key is declared: ARGV[1] TTL, ARGV[2..n+1] values, then the n keys.
 FILL_SCRIPT = """
 local ttl = ARGV[1]
-local n = #KEYS
-local K = KEYS
-if n == 0 then
-  n = (#ARGV - 1) / 2
-  K = {} for i = 1, n do K[i] = ARGV[n + 1 + i] end
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ttl)
 end
-for i = 1, n do
-  redis.call('SET', K[i], ARGV[i + 1], 'EX', ttl)
-end
-return n
+return #KEYS
 """
 
 
@@ -127,12 +120,9 @@ class ForecastCache:
         keys = [self.key(d, model_version) for d, _ in items]
         values = [np.ascontiguousarray(o, dtype=_F64).tobytes() for _, o in items]
         try:
-            if not self._redis.cluster:
-                self._redis.evalsha(self._fill, keys, [self.ttl_seconds, *values])
-                return
-            for node, indexes in self._redis.group(keys).items():
-                node_values = [values[i] for i in indexes]
+            for node, indexes in self._redis.group(keys).items():  # one node on one Redis
                 node_keys = [keys[i] for i in indexes]
+                node_values = [values[i] for i in indexes]
                 self._redis.evalsha(self._fill, node_keys, [self.ttl_seconds, *node_values], node)
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis: cache fill failed: {exc}") from exc

@@ -12,7 +12,7 @@ On a cluster (found by asking the server, no setting), the callers split a batch
 (`group`) and make one script call per node. Redis refuses declared keys of different hash slots
 in one command (CROSSSLOT), so cluster scripts take no declared keys: their keys come in ARGV and
 the script is flagged `allow-cross-slot-keys` (Redis >= 7), which lets it use any key its node
-owns. A node that no longer owns a key answers MOVED or ASK: the slot map is read again and the
+owns; a header puts KEYS and ARGV back as the script expects them. A node that no longer owns a key answers MOVED or ASK: the slot map is read again and the
 call fails as a ConnectionError, which the runner retries like any Redis outage (so a batch that
 touches a slot being migrated waits until the migration is done).
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -40,7 +40,15 @@ _TOPOLOGY = (
 #: The node of a single Redis.
 SINGLE = ""
 
-CLUSTER_SCRIPT_HEADER = "#!lua flags=allow-cross-slot-keys\n"
+#: What a script runs under on a cluster: flagged to use keys of several slots of its node, and
+#: KEYS and ARGV rebuilt from ARGV = (number of keys, keys..., args...), as `evalsha` sends them,
+#: so the scripts themselves read KEYS and ARGV as on one Redis.
+CLUSTER_SCRIPT_HEADER = """#!lua flags=allow-cross-slot-keys
+local SENT = ARGV
+local KEYS, ARGV = {}, {}
+for i = 1, tonumber(SENT[1]) do KEYS[i] = SENT[i + 1] end
+for i = #KEYS + 2, #SENT do ARGV[#ARGV + 1] = SENT[i] end
+"""
 
 
 class Commands:
@@ -76,8 +84,10 @@ class Commands:
     def node_of(self, key: str) -> str:
         return self._slots[key_slot(key.encode())] if self.cluster else SINGLE
 
-    def group(self, keys: Iterable[str]) -> dict[str, list[int]]:
+    def group(self, keys: Sequence[str]) -> dict[str, list[int]]:
         """Indexes of `keys` by the node that holds them (one group, SINGLE, on one Redis)."""
+        if not self.cluster:
+            return {SINGLE: list(range(len(keys)))}
         out: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
             out.setdefault(self.node_of(key), []).append(i)
@@ -113,8 +123,8 @@ class Commands:
     def evalsha(
         self, handle: str, keys: Sequence[str], args: Sequence[Arg], node: str = SINGLE
     ) -> Any:
-        """Run a script. On a cluster its keys go after `args` in ARGV (none declared) and the
-        call goes to `node`, which must hold them all."""
+        """Run a script. On a cluster its keys go in ARGV (none declared; see
+        CLUSTER_SCRIPT_HEADER) and the call goes to `node`, which must hold them all."""
         source, sha = self._scripts[handle]
         if not sha:
             if self.cluster:
@@ -122,7 +132,7 @@ class Commands:
             sha = _sha1(source)
             self._scripts[handle] = (source, sha)
         command: tuple[Arg, ...] = (
-            ("EVALSHA", sha, 0, *args, *keys)
+            ("EVALSHA", sha, 0, len(keys), *keys, *args)
             if self.cluster
             else ("EVALSHA", sha, len(keys), *keys, *args)
         )
@@ -216,7 +226,7 @@ class Commands:
 
     def _read_slot_map(self) -> None:
         with self._lock:
-            seeds = [SINGLE, *sorted(set(self._slots) - {""})]
+            seeds = [SINGLE, *sorted(set(self._slots) - {SINGLE})]
             last: Exception | None = None
             for seed in seeds:
                 try:

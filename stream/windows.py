@@ -56,7 +56,6 @@ OUTCOMES = ("processed", "warming", "replayed", "late", "duplicate", "too_old")
 
 # KEYS[1..n]      the window key of each distinct symbol of the batch
 # KEYS[n+1..]     the marker key of each distinct partition of the batch
-#                 (on a Redis Cluster no key is declared: they come as ARGV[5..], see redisio)
 # ARGV[1]         W, the window size
 # ARGV[2]         C, the ring capacity (W + R) for keys this call creates
 # ARGV[3]         n, the number of window keys
@@ -76,8 +75,6 @@ OUTCOMES = ("processed", "warming", "replayed", "late", "duplicate", "too_old")
 # All reads that can fail (layout checks) come before the first write, and nothing after the first
 # write can fail, so a batch is applied entirely or not at all.
 _APPEND_BATCH_LUA = r"""
-local K = KEYS
-if #K == 0 then K = {} for i = 5, #ARGV do K[#K + 1] = ARGV[i] end end
 local W = tonumber(ARGV[1])
 local NEWCAP = tonumber(ARGV[2])
 local NKEYS = tonumber(ARGV[3])
@@ -87,7 +84,7 @@ local sunpack, sub, concat = struct.unpack, string.sub, table.concat
 
 local states, blocks, refs = {}, {}, {}
 for k = 1, NKEYS do
-  local key = K[k]
+  local key = KEYS[k]
   local h = redis.call('GETRANGE', key, 0, HDR - 1)
   local st = {key = key, count = 0, lstart = 0, cap = NEWCAP,
               pprice = {}, pmeta = {}}
@@ -263,28 +260,22 @@ for k = 1, NKEYS do
   tails[k] = states[k].tail or ''
 end
 for mi, off in pairs(marks) do
-  local mk = K[NKEYS + mi]
+  local mk = KEYS[NKEYS + mi]
   local cur = tonumber(redis.call('GET', mk))
   if cur == nil or cur < off then redis.call('SET', mk, string.format('%.0f', off)) end
 end
 return {concat(outcomes), concat(refs), blocks, tails}
 """
 
-# KEYS: marker keys (on a cluster: ARGV after the offsets); ARGV: an offset for each, in order.
-# Raises each marker to its offset (never lowers it).
+# KEYS: marker keys; ARGV[i]: an offset for KEYS[i]. Raises each marker to its offset, never
+# lowers it.
 _RAISE_MARKERS_LUA = r"""
-local K = KEYS
-local n = #K
-if n == 0 then
-  n = #ARGV / 2
-  K = {} for i = 1, n do K[i] = ARGV[n + i] end
-end
-for i = 1, n do
-  local cur = tonumber(redis.call('GET', K[i]))
+for i = 1, #KEYS do
+  local cur = tonumber(redis.call('GET', KEYS[i]))
   local off = tonumber(ARGV[i])
-  if cur == nil or cur < off then redis.call('SET', K[i], string.format('%.0f', off)) end
+  if cur == nil or cur < off then redis.call('SET', KEYS[i], string.format('%.0f', off)) end
 end
-return n
+return #KEYS
 """
 
 # u32 window key index, u32 marker key index, price, offset, ts, partition (see the script)
@@ -347,8 +338,8 @@ class WindowStore:
 
     def marker_key(self, partition: int, node: str = SINGLE) -> str:
         """On a cluster, one marker per node, under a hash tag that node owns."""
-        tag = f"{self._redis.local_tag(node)}:" if node != SINGLE else ""
-        return f"{self._prefix}:mark:{tag}{self.source_topic}:{partition}"
+        tag = self._redis.local_tag(node)  # "" on one Redis
+        return f"{self._prefix}:mark:{tag + ':' if tag else ''}{self.source_topic}:{partition}"
 
     def append_batch(self, ticks: Sequence[Tick]) -> WindowBatch:
         """Apply a batch in one atomic script call per Redis node; see the module docstring."""
@@ -357,7 +348,7 @@ class WindowStore:
         try:
             if not self._redis.cluster:
                 return self._append_on(SINGLE, ticks)
-            by_node = self._redis.group(self.window_key(t.symbol) for t in ticks)
+            by_node = self._redis.group([self.window_key(t.symbol) for t in ticks])
             # A cluster: each node's ticks in one call to it. A node had nothing to apply of a
             # partition none of its ticks came from: its marker of that partition is raised to
             # the batch's last offset there, so every node's markers keep up (see `markers`).
@@ -480,7 +471,7 @@ class WindowStore:
         if not parts:
             return {}
         try:
-            nodes = self._redis.nodes() if self._redis.cluster else [SINGLE]
+            nodes = self._redis.nodes()
             values = self._redis.mget([self.marker_key(p, n) for n in nodes for p in parts])
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis: marker read failed: {exc}") from exc
