@@ -583,10 +583,10 @@ def _latency(
         settings, [topic, env["TICKCAST_TOPICS__FORECASTS"], env["TICKCAST_TOPICS__DEAD_LETTER"]]
     )
     # The first warmup_seconds of pacing are not timed: after the fast warm-up and the quiet
-    # wait, the first paced second held one stall of 250-700 ms in some runs here, in which the
-    # broker acknowledged the benchmark's own tick produces up to ~160 ms late too (no GC pause
-    # in its GC log, no JIT compilation to speak of then). They are reported apart, as the first
-    # second after idle, with that acknowledgement time beside them.
+    # wait, the first paced second held one stall of a few hundred ms in some runs here, in
+    # which the broker acknowledged the benchmark's own tick produces late too (and its GC log
+    # shows no pause). They are reported apart, as the first second after idle, with that
+    # acknowledgement time beside them.
     warm_n = int(args.rate * args.warmup_seconds)
     paced_rows = int((args.rate * args.latency_seconds + warm_n) / args.symbols) + 1
     # One full window per symbol before timing, so the service's first forecast produce (metadata,
