@@ -28,8 +28,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError
-
 from stream import localinfra
 from stream.launch import ServiceProcess, ensure_services
 from stream.metrics import scrape
@@ -439,26 +437,27 @@ def _wait_for_quiet(idle: float = 0.75, timeout_s: float = 30.0) -> float:
     return time.monotonic() - started
 
 
-_NO_LEADER_YET = {
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-}
+def _published(admin: Any, partitions: list[Any], settle_s: float = 10.0) -> int:
+    """Messages in the partitions: the sum of their high watermarks, in one broker request.
 
-
-def _published(admin: Any, partitions: list[Any]) -> int:
-    """Messages in the partitions: the sum of their high watermarks, in one broker request."""
+    A topic just made answers with one transient error or another for a moment (no leader yet,
+    an older leader epoch; librdkafka flags not all of them retriable): asked again for up to
+    `settle_s` before an error counts.
+    """
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import OffsetSpec
 
-    futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=10)
-    try:
-        return sum(f.result().offset for f in futures.values())
-    except KafkaException as exc:
-        # A topic just made has no leader yet for a moment (not flagged retriable).
-        if exc.args and exc.args[0].code() in _NO_LEADER_YET:
-            return 0
-        raise
+    deadline = time.monotonic() + settle_s
+    while True:
+        futures = admin.list_offsets(
+            {tp: OffsetSpec.latest() for tp in partitions}, request_timeout=10
+        )
+        try:
+            return sum(f.result().offset for f in futures.values())
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _produce_all(settings: Any, topic: str, messages: list[tuple[bytes | None, bytes]]) -> float:
