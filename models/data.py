@@ -87,6 +87,17 @@ def load_prices(path: str | Path) -> PriceSeries:
     )
 
 
+def select_rows(path: str | Path, limit_rows: int | None) -> PriceSeries:
+    """The rows `tickcast train` and `tickcast evaluate` work on: all of `path`, or its last
+    `limit_rows` (the chronological split then applies to those rows)."""
+    series = load_prices(path)
+    if limit_rows is not None:
+        if limit_rows < 2:
+            raise DataError(f"--limit-rows must be at least 2, got {limit_rows}")
+        series = series.tail(limit_rows)
+    return series
+
+
 def _parse_date(path: Path, line: int, text: str) -> dt.date:
     value = text.strip()
     try:

@@ -14,24 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from models.data import GOLD_CSV
-from models.metrics import forecast_metrics
-from models.split import chronological_split, windows_for
-
-
-def score_split(
-    predictor: Any, prices: np.ndarray, bounds: tuple[int, int], *, raw: bool = False
-) -> Any:
-    """Metrics of `predictor` on targets bounds[0]..bounds[1]-1 (and, if raw, the arrays)."""
-    start, stop = bounds
-    windows = windows_for(prices, start, stop, predictor.window)
-    quantiles = predictor.predict_batch(windows)
-    last = prices[start - 1 : stop - 1]
-    actual = prices[start:stop]
-    metrics = forecast_metrics(last, actual, quantiles, predictor.interval)
-    if raw:
-        return metrics, last, actual, quantiles
-    return metrics
+from models.data import GOLD_CSV, select_rows
+from models.scoring import score_split
+from models.split import chronological_split
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +41,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.train import select_rows
     from stream.config import ModelSettings
     from stream.errors import DataError
     from stream.predictor import load_predictor, read_manifest, resolve_artifact

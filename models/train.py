@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models.data import GOLD_CSV, PriceSeries, load_prices
+from models.data import GOLD_CSV, select_rows
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +65,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def select_rows(data: Path, limit_rows: int | None) -> PriceSeries:
-    series = load_prices(data)
-    if limit_rows is not None:
-        if limit_rows < 2:
-            from stream.errors import DataError
-
-            raise DataError(f"--limit-rows must be at least 2, got {limit_rows}")
-        series = series.tail(limit_rows)
-    return series
-
-
 def _progress_callback(epochs: int) -> Any:
     """A rich progress bar over epochs with the latest losses, as a Keras callback."""
     import keras
@@ -119,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     from models.artifact import set_current, write_artifact, write_manifest
     from models.cnn_bilstm import INTERVAL, QUANTILES, build_model, pinball_loss
-    from models.evaluate import score_split
+    from models.scoring import score_split
     from models.split import chronological_split, relative_log, target_log_returns, windows_for
     from stream.errors import DataError
     from stream.predictor import OnnxPredictor, read_manifest
