@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Sequence
+from importlib.resources import files
 from typing import Any
 
 import redis
@@ -43,12 +44,7 @@ SINGLE = ""
 #: What a script runs under on a cluster: flagged to use keys of several slots of its node, and
 #: KEYS and ARGV rebuilt from ARGV = (number of keys, keys..., args...), as `evalsha` sends them,
 #: so the scripts themselves read KEYS and ARGV as on one Redis.
-CLUSTER_SCRIPT_HEADER = """#!lua flags=allow-cross-slot-keys
-local SENT = ARGV
-local KEYS, ARGV = {}, {}
-for i = 1, tonumber(SENT[1]) do KEYS[i] = SENT[i + 1] end
-for i = #KEYS + 2, #SENT do ARGV[#ARGV + 1] = SENT[i] end
-"""
+CLUSTER_SCRIPT_HEADER = (files("stream") / "redisio_cluster_header.lua").read_text(encoding="utf-8")
 
 
 class Commands:

@@ -1,0 +1,213 @@
+-- WindowStore.append_batch (stream/windows.py): one batch of ticks applied to the windows and the
+-- per-partition markers of one Redis node, atomically. See windows.py's docstring for the layout.
+--
+-- KEYS[1..n]      the window key of each distinct symbol of the batch
+-- KEYS[n+1..]     the marker key of each distinct partition of the batch
+-- ARGV[1]         W, the window size
+-- ARGV[2]         C, the ring capacity (W + R) for keys this call creates
+-- ARGV[3]         n, the number of window keys
+-- ARGV[4]         the ticks, 40 bytes each, little-endian: u32 window key index (1-based),
+--                 u32 marker key index (1-based, counted from KEYS[n+1]), f64 price, f64 offset,
+--                 f64 ts, f64 partition (this order lets the script copy entries byte for byte)
+-- Returns {outcomes, refs, blocks, tails}; the script builds no per-tick window string:
+--   outcomes  one byte per tick: p appended and completes a window, w appended while warming up,
+--             r replayed with a window, R replayed without one (it was warming), l late,
+--             d duplicate, o too old;
+--   refs      per r tick, in tick order, u32 block number (1-based) and u32 index of the window's
+--             first price in that block;
+--   blocks    runs of stored prices (float64) that hold the replayed windows: consecutive
+--             redeliveries of a symbol share one block;
+--   tails     per window key, the up to W-1 prices before its first append in this batch (the
+--             caller completes the windows of appended ticks with their own prices).
+-- All reads that can fail (layout checks) come before the first write, and nothing after the first
+-- write can fail, so a batch is applied entirely or not at all.
+local W = tonumber(ARGV[1])
+local NEWCAP = tonumber(ARGV[2])
+local NKEYS = tonumber(ARGV[3])
+local BLOB = ARGV[4]
+local HDR = 56
+local sunpack, sub, concat = struct.unpack, string.sub, table.concat
+
+local states, blocks, refs = {}, {}, {}
+for k = 1, NKEYS do
+  local key = KEYS[k]
+  local h = redis.call('GETRANGE', key, 0, HDR - 1)
+  local st = {key = key, count = 0, lstart = 0, cap = NEWCAP,
+              pprice = {}, pmeta = {}}
+  if #h == HDR then
+    local version
+    version, st.cap, st.count, st.lstart, st.lts, st.loff, st.lpart = sunpack('<ddddddd', h)
+    if version ~= 1 then
+      return redis.error_reply('tickcast: ' .. key .. ' has unknown layout ' .. version)
+    end
+  elseif #h ~= 0 then
+    return redis.error_reply('tickcast: ' .. key .. ' is not a window')
+  end
+  if st.cap < W then
+    return redis.error_reply('tickcast: ' .. key .. ' holds ' .. st.cap ..
+      ' entries, fewer than the window size ' .. W)
+  end
+  states[k] = st
+end
+
+-- n prices from seq `first` on, as stored in Redis
+local function read_prices(st, first, n)
+  if n <= 0 then return '' end
+  local slot = first % st.cap
+  local n1 = math.min(n, st.cap - slot)
+  local s = redis.call('GETRANGE', st.key, HDR + slot * 8, HDR + (slot + n1) * 8 - 1)
+  if n1 < n then
+    s = s .. redis.call('GETRANGE', st.key, HDR, HDR + (n - n1) * 8 - 1)
+  end
+  return s
+end
+
+-- read the block of the symbol's open replay span (before anything overwrites its slots)
+local function close_span(st)
+  local sp = st.span
+  if sp == nil then return end
+  blocks[sp.id] = read_prices(st, sp.first, sp.last - sp.first + 1)
+  st.span = nil
+end
+
+-- write the pending entries: a contiguous run of slots, split where the ring wraps
+local function flush(st)
+  local n = #st.pprice
+  if n == 0 then return end
+  close_span(st)
+  local cap = st.cap
+  local skip = math.max(0, n - cap) -- more appends than slots: the older ones are overwritten
+  local slot = (st.pfirst + skip) % cap
+  local n1 = math.min(n - skip, cap - slot)
+  local regions = {{st.pprice, HDR, 8}, {st.pmeta, HDR + cap * 8, 24}}
+  for _, r in ipairs(regions) do
+    local t, base, width = r[1], r[2], r[3]
+    redis.call('SETRANGE', st.key, base + slot * width, concat(t, '', skip + 1, skip + n1))
+    if skip + n1 < n then
+      redis.call('SETRANGE', st.key, base, concat(t, '', skip + n1 + 1, n))
+    end
+  end
+  redis.call('SETRANGE', st.key, 0,
+    struct.pack('<ddddddd', 1, cap, st.count, st.lstart, st.lts, st.loff, st.lpart))
+  st.pprice, st.pmeta = {}, {}
+  st.cfirst = nil
+end
+
+-- the source offset of entry `seq`, through a small cache of up to CHUNK entries around it:
+-- a lookup probes near the newest entries first, then mostly asks for the next one
+local CHUNK = 32
+local function off_at(st, seq)
+  local cf = st.cfirst
+  if cf == nil or seq < cf or seq >= cf + st.clen then
+    local slot = seq % st.cap
+    local first = math.max(0, slot - CHUNK / 2)  -- slots, never across the end of the ring
+    local n = math.min(st.cap, slot + CHUNK / 2) - first
+    local base = HDR + st.cap * 8 + first * 24
+    st.chunk = redis.call('GETRANGE', st.key, base, base + n * 24 - 1)
+    cf = seq - (slot - first)
+    st.cfirst, st.clen = cf, n
+  end
+  return (sunpack('<d', st.chunk, (seq - cf) * 24 + 1))
+end
+
+local function append(st, pos, ts, off, part)
+  if st.tail == nil then -- first append of this symbol in the batch: Redis is current
+    local have = math.min(st.count, W - 1)
+    st.tail = read_prices(st, st.count - have, have)
+  end
+  local i = #st.pprice + 1
+  if i == 1 then st.pfirst = st.count end
+  st.pprice[i] = sub(BLOB, pos + 8, pos + 15)
+  st.pmeta[i] = sub(BLOB, pos + 16, pos + 39)
+  st.count = st.count + 1
+  st.lts, st.loff, st.lpart = ts, off, part
+  if st.count >= W then return 'p' end
+  return 'w'
+end
+
+local function redelivered(st, ts, off)
+  flush(st)
+  local cap = st.cap
+  local oldest = math.max(0, st.count - cap)
+  local lo, hi = math.max(oldest, st.lstart), st.count - 1
+  local j, found
+  -- redeliveries come in offset order: try the entry after the last one found first
+  if st.hint and st.hint + 1 >= lo and st.hint + 1 <= hi and off_at(st, st.hint + 1) == off then
+    j, found = st.hint + 1, true
+  else
+    -- the last entry at or below `off` (offsets increase within a lineage): gallop back from
+    -- the newest entry, since redeliveries are recent, then bisect
+    local b, step = hi, 1
+    while off_at(st, b) > off do
+      if b == lo then return 'o' end
+      hi = b - 1
+      b = math.max(lo, b - step)
+      step = step * 2
+    end
+    lo = b
+    while lo < hi do
+      local mid = math.floor((lo + hi + 1) / 2)
+      if off_at(st, mid) <= off then lo = mid else hi = mid - 1 end
+    end
+    j = lo
+    found = off_at(st, j) == off
+  end
+  if found then
+    st.hint = j
+    if j + 1 < W then return 'R' end
+    local first = j - W + 1
+    if first < oldest then return 'o' end
+    local sp = st.span
+    if sp == nil or first < sp.first then
+      close_span(st)
+      sp = {id = #blocks + 1, first = first, last = j}
+      blocks[sp.id] = '' -- filled by close_span
+      st.span = sp
+    elseif j > sp.last then
+      sp.last = j
+    end
+    refs[#refs + 1] = struct.pack('<I4I4', sp.id, first - sp.first)
+    return 'r'
+  end
+  -- rejected the first time: the entry before it was the last one then
+  local at = HDR + cap * 8 + (j % cap) * 24 + 8
+  local tj = sunpack('<d', redis.call('GETRANGE', st.key, at, at + 7))
+  if ts < tj then return 'l' elseif ts == tj then return 'd' end
+  return 'o'
+end
+
+local outcomes, marks = {}, {}
+local pos = 1
+for i = 1, #BLOB / 40 do
+  local ki, mi, off, ts, part = sunpack('<I4I4xxxxxxxxddd', BLOB, pos)
+  local st = states[ki]
+  local code
+  if st.count > 0 and (part ~= st.lpart or off > st.loff) then
+    if ts > st.lts then
+      if part ~= st.lpart then st.lstart = st.count end
+      code = append(st, pos, ts, off, part)
+    elseif ts < st.lts then code = 'l' else code = 'd' end
+  elseif st.count == 0 then
+    code = append(st, pos, ts, off, part)
+  else
+    code = redelivered(st, ts, off)
+  end
+  if (code == 'p' or code == 'w') and (marks[mi] == nil or marks[mi] < off) then
+    marks[mi] = off
+  end
+  outcomes[i] = code
+  pos = pos + 40
+end
+
+local tails = {}
+for k = 1, NKEYS do
+  close_span(states[k])
+  flush(states[k])
+  tails[k] = states[k].tail or ''
+end
+for mi, off in pairs(marks) do
+  local mk = KEYS[NKEYS + mi]
+  local cur = tonumber(redis.call('GET', mk))
+  if cur == nil or cur < off then redis.call('SET', mk, string.format('%.0f', off)) end
+end
+return {concat(outcomes), concat(refs), blocks, tails}
