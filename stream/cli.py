@@ -45,18 +45,35 @@ def _load(name: str) -> Command:
     return cast(Command, importlib.import_module(COMMANDS[name][0]))
 
 
+def _add_common_options(parser: argparse.ArgumentParser, *, on_command: bool) -> None:
+    """--config and -v, accepted before the command and after it (`tickcast --config X run` and
+    `tickcast run --config X`). On a command's parser they default to SUPPRESS: it sets them only
+    when they follow the command, so a value given before the command is not overwritten."""
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS if on_command else None,
+        help="settings file (default: ./config.toml)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS if on_command else False,
+        help="debug logging",
+    )
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tickcast",
         description="Streaming price forecasts: Kafka ticks in, forecasts out.",
     )
-    parser.add_argument(
-        "--config", metavar="PATH", default=None, help="settings file (default: ./config.toml)"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_common_options(parser, on_command=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, summary) in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary)
+        _add_common_options(p, on_command=True)
         # Building every subcommand's options would import every module; build only the one asked
         # for, so `tickcast run` starts without importing the training stack.
         if only is None or only == name:
@@ -65,9 +82,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def _command_in(argv: list[str]) -> str | None:
+    after_config = False
     for arg in argv:
-        if arg in COMMANDS:
+        if arg in COMMANDS and not after_config:
             return arg
+        after_config = arg == "--config"  # its value is a path, even one named like a command
     return None
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
 import pytest
 
-from stream.cli import COMMANDS
+from stream import cli
+from stream.cli import COMMANDS, build_parser
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -29,3 +31,45 @@ def test_service_modules_do_not_import_tensorflow() -> None:
         "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--config", "X.toml", "run"],
+        ["run", "--config", "X.toml"],
+        ["--config", "other.toml", "run", "--config", "X.toml"],  # the later one wins
+    ],
+)
+def test_config_is_accepted_before_and_after_the_command(argv: list[str]) -> None:
+    args = build_parser(only="run").parse_args(argv)
+    assert (args.command, args.config, args.verbose) == ("run", "X.toml", False)
+
+
+@pytest.mark.parametrize("argv", [["-v", "run"], ["run", "-v"]])
+def test_verbose_is_accepted_before_and_after_the_command(argv: list[str]) -> None:
+    args = build_parser(only="run").parse_args(argv)
+    assert (args.config, args.verbose) == (None, True)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_the_config_path_reaches_the_command(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[argparse.Namespace] = []
+
+    class Run:
+        """Stands in for stream.commands.run: records what main hands it."""
+
+        @staticmethod
+        def configure(parser: argparse.ArgumentParser) -> None:
+            pass
+
+        @staticmethod
+        def run(args: argparse.Namespace) -> int:
+            seen.append(args)
+            return 0
+
+    monkeypatch.setattr(cli, "_load", lambda name: Run)
+    path = "run"  # named like a command: still read as the path
+    argv = ["--config", path, "run"] if where == "before" else ["run", "--config", path]
+    assert cli.main(argv) == 0
+    assert [(a.command, a.config) for a in seen] == [("run", "run")]
