@@ -8,6 +8,7 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY stream ./stream
 COPY models ./models
 COPY bench ./bench
+COPY tools ./tools
 COPY config.toml ./
 RUN pip install -c constraints.txt . && useradd --system --uid 10001 tickcast
 USER tickcast

@@ -30,9 +30,10 @@ down: ## stop what `make up` started
 status: ## show the local services, their pids, RSS and log folder
 	@$(BIN)/tickcast services status
 
-# Services: KAFKA_BOOTSTRAP_SERVERS / REDIS_URL if set, else the local ones (started here).
+# Services: TICKCAST_KAFKA__BOOTSTRAP_SERVERS / TICKCAST_REDIS__URL if set, else the local ones
+# (started here).
 test: $(STAMP) ## install, start local Kafka + Redis unless configured, lint, type-check, run the whole suite
-	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ] || [ -z "$$REDIS_URL" ]; then $(BIN)/tickcast services up; fi
+	@if [ -z "$$TICKCAST_KAFKA__BOOTSTRAP_SERVERS" ] || [ -z "$$TICKCAST_REDIS__URL" ]; then $(BIN)/tickcast services up; fi
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -45,7 +46,7 @@ lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP) ## mypy --strict on stream/
+typecheck: $(STAMP) ## mypy --strict on stream/ and tools/
 	$(BIN)/mypy
 
 fmt: $(STAMP) ## format and autofix

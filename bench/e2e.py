@@ -28,9 +28,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from stream import localinfra
-from stream.launch import ServiceProcess, ensure_services
-from stream.metrics import scrape
+from tools import localinfra
+from tools.launch import ServiceProcess, ensure_services
 
 STAGES = ("decode", "window", "cache", "inference", "produce", "commit")
 
@@ -98,9 +97,9 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
 
     from models.data import GOLD_CSV, load_prices
     from stream import config
-    from stream.feed import ticks
     from stream.kafka import ensure_topics
     from stream.predictor import load_predictor
+    from tools.feed import ticks
 
     console = Console()
     os.environ.update(ensure_services(config.load(args.config)))
@@ -175,7 +174,7 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
                     raise RuntimeError(f"run {r}: only {published} forecasts in 600 s")
                 time.sleep(0.05)
             elapsed = time.perf_counter() - t0
-            m = scrape(svc.port)
+            m = svc.metrics()
             stages = {
                 k.split('stage="')[1].split('"')[0]: v
                 for k, v in m.items()
@@ -572,8 +571,8 @@ def _latency(
     from confluent_kafka import Consumer, Producer
 
     from stream.contracts import decode_forecast
-    from stream.feed import ticks
     from stream.kafka import ensure_topics, producer_config
+    from tools.feed import ticks
 
     run_id = f"{bench_id}-lat"
     topic = f"bench-{run_id}.ticks"

@@ -24,10 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "tail": ("stream.commands.tail", "print forecasts as they arrive"),
     "demo": (
-        "stream.commands.demo",
+        "tools.demo",
         "local Kafka + Redis, the gold series through the live consumer",
     ),
-    "services": ("stream.localinfra", "start, stop or show the local Kafka broker and Redis"),
+    "services": ("tools.localinfra", "start, stop or show the local Kafka broker and Redis"),
     "train": ("models.train", "train the CNN-Bi-LSTM and write a new artifact"),
     "evaluate": ("models.evaluate", "evaluate an artifact against persistence on held-out days"),
     "export": ("models.export", "export an artifact's Keras model to ONNX and re-hash it"),

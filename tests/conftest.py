@@ -1,8 +1,9 @@
 """Real Kafka and Redis for the suite, picked in this order:
 
-1. `KAFKA_BOOTSTRAP_SERVERS` / `REDIS_URL` when set;
+1. `TICKCAST_KAFKA__BOOTSTRAP_SERVERS` / `TICKCAST_REDIS__URL` when set (the service's own names,
+   so a `tickcast run` started by a test reads the same ones);
 2. testcontainers, when a Docker engine answers (Kafka in KRaft mode with one-node transaction logs);
-3. the local broker and Redis of `stream.localinfra` (started if not running; `make test` starts them).
+3. the local broker and Redis of `tools.localinfra` (started if not running; `make test` starts them).
 
 A missing service fails the tests that need it; nothing is skipped. Each test gets its own topics and
 its own Redis key prefix, so tests never see each other's data.
@@ -41,10 +42,20 @@ def _docker_answers() -> bool:
         client.close()
 
 
+#: Names the suite read before it took the service's; set alone, they would be ignored silently.
+_OLD_NAMES = {
+    "KAFKA_BOOTSTRAP_SERVERS": "TICKCAST_KAFKA__BOOTSTRAP_SERVERS",
+    "REDIS_URL": "TICKCAST_REDIS__URL",
+}
+
+
 @pytest.fixture(scope="session")
 def _services() -> Iterator[dict[str, str]]:
-    kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    redis_url = os.environ.get("REDIS_URL")
+    for old, new in _OLD_NAMES.items():
+        if old in os.environ and new not in os.environ:
+            pytest.exit(f"{old} is no longer read by the tests: set {new} instead", returncode=4)
+    kafka = os.environ.get("TICKCAST_KAFKA__BOOTSTRAP_SERVERS")
+    redis_url = os.environ.get("TICKCAST_REDIS__URL")
     containers: list[object] = []
     if (kafka is None or redis_url is None) and _docker_answers():
         from testcontainers.community.kafka import KafkaContainer
@@ -66,7 +77,7 @@ def _services() -> Iterator[dict[str, str]]:
             containers.append(rc)
             redis_url = f"redis://{rc.get_container_host_ip()}:{rc.get_exposed_port(6379)}/0"
     if kafka is None or redis_url is None:
-        from stream import localinfra
+        from tools import localinfra
 
         layout = localinfra.Layout(root=Path(ROOT) / ".local")
         local_kafka, local_redis = localinfra.up(layout=layout)

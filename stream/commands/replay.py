@@ -50,8 +50,8 @@ def publish(settings: config.Settings, topic: str, args: argparse.Namespace) -> 
 
     from models.data import GOLD_CSV, load_prices
     from stream.errors import DeliveryError
-    from stream.feed import bad_message, ticks
     from stream.kafka import DeliveryLatch, produce, producer_config
+    from tools.feed import bad_message, ticks
 
     series = load_prices(args.csv or GOLD_CSV)
     if args.last:

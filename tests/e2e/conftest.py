@@ -49,7 +49,7 @@ def setup(
             "TICKCAST_REDIS__KEY_PREFIX": key_prefix,
             **overrides,
         }
-        svc = Service(env=env, log=tmp_path / f"run-{len(made)}.log")
+        svc = Service(tmp_path / f"run-{len(made)}.log", env)
         made.append(svc)
         return svc
 
@@ -58,4 +58,4 @@ def setup(
     make.group = f"g-{unique}"  # type: ignore[attr-defined]
     yield make
     for svc in made:
-        svc.stop()
+        svc.kill_if_running()

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,104 +16,43 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from models.data import GOLD_CSV, load_prices
 from stream.contracts import Forecast
-from stream.feed import ticks
+from stream.errors import TickcastError
+from tools.feed import ticks
+from tools.launch import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 W = 60
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
-class Service:
-    """One `tickcast run` process with its own metrics port and log file."""
+class Service(ServiceProcess):
+    """The shared launcher (tools/launch.py) as the tests use it: in the repository root, start()
+    waits for /readyz and returns the service, a failure to start shows the log's last lines, and
+    metrics are summed by name."""
 
-    env: dict[str, str]
-    log: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
+    cwd: Path | None = ROOT
 
-    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> Service:
-        env = {**os.environ, **self.env, "TICKCAST_METRICS__PORT": str(self.port)}
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "run"],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+    # Returns the service, so a test reads `svc = setup().start()`.
+    def start(  # type: ignore[override]
+        self, wait_ready: bool = True, timeout: float = 60.0
+    ) -> Service:
+        super().start()
         if wait_ready:
             self.wait_ready(timeout)
         return self
 
-    def get(self, path: str, attempts: int = 3) -> tuple[int, str]:
-        for attempt in range(attempts):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                    return r.status, r.read().decode()
-            except urllib.error.HTTPError as e:
-                return e.code, e.read().decode()
-            except ConnectionResetError:
-                # A scrape racing a busy service loop can be reset; Prometheus would retry too.
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(0.1)
-        raise AssertionError("unreachable")
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"tickcast run exited {self.proc.returncode}:\n{self.tail()}")
-            try:
-                if self.get("/readyz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"tickcast run not ready in {timeout} s:\n{self.tail()}")
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        try:
+            return super().wait_ready(timeout)
+        except TickcastError as exc:
+            raise AssertionError(f"{exc}:\n{self.tail()}") from None
 
     def metric(self, name: str) -> float:
         """Sum of every sample whose name (with labels) starts with `name`."""
-        _, text = self.get("/metrics")
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(name) and not line.startswith("#")
-        )
+        return sum(self.metric_samples(name).values())
 
     def metric_samples(self, name: str) -> dict[str, float]:
-        _, text = self.get("/metrics")
-        return {
-            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(name)
-        }
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return {k: v for k, v in self.metrics().items() if k.startswith(name)}
 
 
 def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:

@@ -11,7 +11,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream import localinfra
 from stream.contracts import (
     Forecast,
     Source,
@@ -20,6 +19,7 @@ from stream.contracts import (
     encode_forecast,
 )
 from tests.e2e.harness import ROOT, produce, read_topic
+from tools import localinfra
 
 pytestmark = pytest.mark.e2e
 

@@ -16,11 +16,11 @@ from stream.contracts import decode_forecast
 from tests.e2e.harness import (
     assert_matches_predictor,
     expected_windows,
-    free_port,
     gold_feed,
     produce,
     read_topic,
 )
+from tools.localinfra import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,6 @@ from collections import defaultdict
 import pytest
 
 from stream.contracts import Forecast, decode_forecast
-from stream.feed import BAD_MESSAGES, bad_message
 from tests.e2e.harness import (
     W,
     assert_matches_predictor,
@@ -19,6 +18,7 @@ from tests.e2e.harness import (
     produce,
     read_topic,
 )
+from tools.feed import BAD_MESSAGES, bad_message
 
 pytestmark = pytest.mark.e2e
 

@@ -33,6 +33,15 @@ def test_service_modules_do_not_import_tensorflow() -> None:
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
+def test_the_service_does_not_import_the_development_tools() -> None:
+    code = (
+        "import sys, stream.cli, stream.service, stream.commands.run;"
+        "stream.cli.build_parser(only='run');"
+        "sys.exit(1 if 'tools' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from stream.config import Settings
+from stream import config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,7 +17,7 @@ def _published(service: dict) -> set[int]:
 
 def test_compose_runs_kafka_kraft_and_persistent_redis_on_configured_ports() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    defaults = Settings()
+    defaults = config.load(ROOT / "config.toml", environ={})  # not the tests' TICKCAST_* services
     services = compose["services"]
     kafka, redis = services["kafka"], services["redis"]
 

@@ -6,7 +6,7 @@ import orjson
 
 from models.data import GOLD_CSV, load_prices
 from stream.contracts import SourceMessage, decode_batch
-from stream.feed import BAD_MESSAGES, bad_message, symbol_names, ticks
+from tools.feed import BAD_MESSAGES, bad_message, symbol_names, ticks
 
 
 def test_symbols_are_distinct_and_event_time_rises_per_symbol() -> None:

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from stream import localinfra
 from stream.errors import LocalInfraError
+from tools import localinfra
 
 
 def test_java_missing_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no java, no mvn
-    with pytest.raises(LocalInfraError, match=r"Java is not installed.*KAFKA_BOOTSTRAP_SERVERS"):
+    with pytest.raises(
+        LocalInfraError, match=r"Java is not installed.*TICKCAST_KAFKA__BOOTSTRAP_SERVERS"
+    ):
         localinfra.ensure_kafka_jars(localinfra.Layout(tmp_path / "state"))
 
 

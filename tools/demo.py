@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, cast
 
 from stream import config
 from stream.contracts import Forecast
-from stream.launch import ServiceProcess, ensure_services
-from stream.metrics import scrape
+from tools.launch import ServiceProcess, ensure_services
 
 if TYPE_CHECKING:
     from models.data import PriceSeries
@@ -70,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from models.data import GOLD_CSV, load_prices
     from stream.commands import replay as replay_cmd
     from stream.commands.tail import format_forecast
-    from stream.feed import symbol_names
     from stream.kafka import ensure_topics
+    from tools.feed import symbol_names
 
     started = time.monotonic()
     _say("1/5 Kafka and Redis")
@@ -151,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         _collect(settings, expected, args.show, format_forecast, seen, halfway)
         feeder.join(timeout=60)
         dead = _dead_letters(settings, sent.get("bad", 0))
-        scraped = scrape(port)
+        scraped = consumer.metrics()
         code = consumer.stop(signal.SIGTERM)
     finally:
         consumer.kill_if_running()

@@ -1,25 +1,27 @@
-"""For the demo and the benchmarks: find Kafka and Redis, and run `tickcast run` as a child.
+"""For the demo, the benchmarks and the end-to-end tests: find Kafka and Redis, and run
+`tickcast run` as a child.
 
 `ensure_services` uses the configured Kafka and Redis when they answer and starts the local ones
-(stream/localinfra.py) when they do not. `ServiceProcess` is one `tickcast run` process with its
-own metrics port and log file: started, waited for until /readyz answers, stopped by a signal,
-restartable (the demo kills and restarts it).
+(tools/localinfra.py) when they do not. `ServiceProcess` is one `tickcast run` process with its
+own metrics port and log file: started, waited for until /readyz answers, asked for its metrics,
+stopped by a signal, restartable (the demo kills and restarts it).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from signal import SIGTERM, Signals
 
-from stream import localinfra
 from stream.config import Settings
 from stream.errors import TickcastError, UnreachableError
+from tools import localinfra
 
 
 def ensure_services(settings: Settings) -> dict[str, str]:
@@ -59,6 +61,7 @@ class ServiceProcess:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     config_path: str | None = None
+    cwd: Path | None = None  # None: this process's working directory (and its config.toml)
     port: int = field(default_factory=localinfra.free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -73,7 +76,7 @@ class ServiceProcess:
         self._started_at = time.perf_counter()
         with self.log_path.open("a") as log_file:
             self.proc = subprocess.Popen(
-                [*cmd, "run"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+                [*cmd, "run"], cwd=self.cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT
             )
 
     def wait_ready(self, timeout: float = 60.0) -> float:
@@ -83,9 +86,8 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                lines = self.log_path.read_text(errors="replace").strip().splitlines() or ["-"]
                 raise TickcastError(
-                    f"tickcast run exited with code {self.proc.returncode}: {lines[-1]}"
+                    f"tickcast run exited with code {self.proc.returncode}: {self.tail(1) or '-'}"
                     f" (log {self.log_path})"
                 )
             try:
@@ -99,13 +101,47 @@ class ServiceProcess:
             f"tickcast run was not ready within {timeout:.0f} s; see {self.log_path}"
         )
 
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
-        """Send `sig` and wait for the exit code (killed after 20 s)."""
+    def get(self, path: str, attempts: int = 3) -> tuple[int, str]:
+        """(status, body) of GET `path` on the metrics port (/metrics, /readyz, /healthz)."""
+        for attempt in range(attempts):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                    return int(r.status), r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+            except ConnectionResetError:
+                # A scrape racing a busy service loop can be reset; Prometheus would retry too.
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.1)
+        raise AssertionError("unreachable")
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample of /metrics, keyed by name with labels."""
+        _, text = self.get("/metrics")
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#") and " " in line:
+                name, value = line.rsplit(" ", 1)
+                samples[name] = float(value)
+        return samples
+
+    def signal(self, sig: Signals) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        """The exit code; subprocess.TimeoutExpired if it still runs after `timeout` s."""
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, sig: Signals = SIGTERM) -> int:
+        """Send `sig` and wait for the exit code (killed after 20 s)."""
+        self.signal(sig)
         try:
-            return self.proc.wait(timeout=20)
+            return self.wait(20)
         except subprocess.TimeoutExpired:
+            assert self.proc is not None
             self.proc.kill()
             return -9
 
@@ -113,3 +149,11 @@ class ServiceProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+    def tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of the log."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])

@@ -187,13 +187,13 @@ def ensure_kafka_jars(layout: Layout) -> float:
     if shutil.which("java") is None:
         raise LocalInfraError(
             "Java is not installed: the local Kafka broker needs Java 17 or newer "
-            "(Debian: apt-get install openjdk-17-jre-headless), or set KAFKA_BOOTSTRAP_SERVERS "
-            "to a broker you already run"
+            "(Debian: apt-get install openjdk-17-jre-headless), or set "
+            "TICKCAST_KAFKA__BOOTSTRAP_SERVERS to a broker you already run"
         )
     if shutil.which("mvn") is None:
         raise LocalInfraError(
             "Maven (mvn) is not installed: it resolves the Kafka broker jars "
-            "(Debian: apt-get install maven), or set KAFKA_BOOTSTRAP_SERVERS"
+            "(Debian: apt-get install maven), or set TICKCAST_KAFKA__BOOTSTRAP_SERVERS"
         )
     layout.libs.mkdir(parents=True, exist_ok=True)
     layout.logs.mkdir(parents=True, exist_ok=True)
@@ -303,7 +303,7 @@ def start_kafka(layout: Layout, ports: Ports, ready_timeout: float = 90.0) -> No
                 f"port {port} on 127.0.0.1 is already in use by another program, so the local "
                 f"Kafka broker cannot start there; free it, pick other ports with "
                 f"TICKCAST_LOCAL_KAFKA_PORT / TICKCAST_LOCAL_CONTROLLER_PORT, or point "
-                f"KAFKA_BOOTSTRAP_SERVERS at the broker you already run"
+                f"TICKCAST_KAFKA__BOOTSTRAP_SERVERS at the broker you already run"
             )
     ensure_kafka_jars(layout)
     (layout.root / "kafka").mkdir(parents=True, exist_ok=True)
@@ -403,7 +403,7 @@ def ensure_redis_server() -> str:
             return path
     raise LocalInfraError(
         "redis-server is not installed. Install it (Debian/Ubuntu: sudo apt-get install redis-server) "
-        "or set REDIS_URL to a Redis server you already run"
+        "or set TICKCAST_REDIS__URL to a Redis server you already run"
     )
 
 
@@ -425,7 +425,7 @@ def start_redis(layout: Layout, ports: Ports, ready_timeout: float = 15.0) -> No
         raise LocalInfraError(
             f"port {ports.redis} on 127.0.0.1 is already in use by another program, so the local "
             f"Redis cannot start there; free it, pick another with TICKCAST_LOCAL_REDIS_PORT, or "
-            f"point REDIS_URL at the Redis you already run"
+            f"point TICKCAST_REDIS__URL at the Redis you already run"
         )
     server = ensure_redis_server()
     for d in (layout.redis_dir, layout.logs, layout.run):
