@@ -460,15 +460,13 @@ def _published(admin: Any, partitions: list[Any], settle_s: float = 10.0) -> int
 
 
 def _produce_all(settings: Any, topic: str, messages: list[tuple[bytes | None, bytes]]) -> float:
-    from confluent_kafka import Producer
+    from stream.kafka import Sink, producer_config
 
-    from stream.kafka import produce, producer_config
-
-    producer = Producer(producer_config(settings))
+    sink = Sink(producer_config(settings))
     t0 = time.perf_counter()
     for key, value in messages:
-        produce(producer, topic, key, value)
-    if producer.flush(120):
+        sink.produce(topic, key, value)
+    if sink.flush(120):
         raise RuntimeError("replay not delivered within 120 s")
     return time.perf_counter() - t0
 

@@ -30,7 +30,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -62,40 +62,21 @@ REASONS = (
 )
 
 
-class RawMessage(Protocol):
-    """What decode needs of a Kafka message; `confluent_kafka.Message` satisfies it."""
+class Record(msgspec.Struct, frozen=True, gc=False):
+    """A message as it was read from Kafka, in tickcast's own terms.
 
-    def value(self) -> bytes | None: ...
-    def key(self) -> bytes | None: ...
-    def topic(self) -> str | None: ...
-    def partition(self) -> int | None: ...
-    def offset(self) -> int | None: ...
+    The Kafka adapter (stream/kafka.py) builds one per consumed message, so nothing past the source
+    knows the client library's types. `timestamp` is the message's Kafka timestamp in epoch ms
+    (-1 when the broker gave none).
+    """
 
-
-@dataclass(frozen=True, slots=True)
-class SourceMessage:
-    """A `RawMessage` built by hand: for tests, replays and rebuilds."""
-
-    value_: bytes | None
-    key_: bytes | None = None
-    topic_: str | None = "ticks"
-    partition_: int | None = 0
-    offset_: int | None = 0
-
-    def value(self) -> bytes | None:
-        return self.value_
-
-    def key(self) -> bytes | None:
-        return self.key_
-
-    def topic(self) -> str | None:
-        return self.topic_
-
-    def partition(self) -> int | None:
-        return self.partition_
-
-    def offset(self) -> int | None:
-        return self.offset_
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int = -1
+    headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
 class Tick(msgspec.Struct, frozen=True, gc=False):
@@ -248,23 +229,18 @@ def _fields(obj: Any) -> tuple[str, float, int]:
 
 
 def decode_batch(
-    messages: Sequence[RawMessage], max_message_bytes: int
+    records: Sequence[Record], max_message_bytes: int
 ) -> tuple[list[Tick], list[Rejected]]:
-    """Decode and validate a batch in one pass; never raises for any message content.
-
-    Messages without a partition or offset (never the case for a consumed message) get -1.
-    """
+    """Decode and validate a batch in one pass; never raises for any message content."""
     ticks: list[Tick] = []
     rejected: list[Rejected] = []
     fast = _decode_tick_fields
     valid_symbols = _valid_symbols
-    for message in messages:
-        value = message.value()
-        key = message.key()
-        partition = message.partition()
-        offset = message.offset()
-        part = -1 if partition is None else partition
-        off = -1 if offset is None else offset
+    for record in records:
+        value = record.value
+        key = record.key
+        part = record.partition
+        off = record.offset
         try:
             if not value:
                 raise _Invalid("empty", "no value (tombstone)")
@@ -287,9 +263,7 @@ def decode_batch(
             if key is not None and key != symbol.encode():
                 raise _Invalid("key_mismatch", f"key {_quote(key)} != symbol {symbol!r}")
         except _Invalid as bad:
-            rejected.append(
-                Rejected(bad.reason, bad.detail, value, key, message.topic() or "", part, off)
-            )
+            rejected.append(Rejected(bad.reason, bad.detail, value, key, record.topic, part, off))
             continue
         ticks.append(Tick(symbol, price, ts, part, off))
     return ticks, rejected

@@ -6,7 +6,8 @@ TickcastError                   root; `tickcast` prints its message and exits no
 ├── LocalInfraError             the local broker or Redis could not be installed or started
 ├── ModelError                  a missing, mismatched or corrupt model artifact
 ├── DataError                   a CSV of prices that cannot be used (bad date, price, order)
-├── DeliveryError               Kafka refused a forecast or dead letter; the batch is not committed
+├── KafkaFailure                a Kafka client call failed; carries librdkafka's error code and kind
+│   └── DeliveryError           Kafka refused a forecast or dead letter; the batch is not committed
 └── StoreUnavailable            Redis failed mid-batch; the batch is retried, never committed
 """
 
@@ -39,7 +40,32 @@ class DataError(TickcastError):
     exit_code = 4
 
 
-class DeliveryError(TickcastError):
+class KafkaFailure(TickcastError):
+    """A Kafka client call failed. stream/kafka.py turns librdkafka's errors into this, so the
+    rest of tickcast reads the error's kind without importing the client library.
+
+    `fatal`: the client instance is unusable (a fenced or broken transactional producer) and must
+    be replaced. `abortable`: the open transaction must be aborted. `retriable`: the same call may
+    succeed if repeated.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        code: str = "",
+        *,
+        fatal: bool = False,
+        retriable: bool = False,
+        abortable: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.fatal = fatal
+        self.retriable = retriable
+        self.abortable = abortable
+
+
+class DeliveryError(KafkaFailure):
     """A produce failed; carries librdkafka's error name so the cause stays readable."""
 
 

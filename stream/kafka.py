@@ -1,18 +1,25 @@
-"""The Kafka adapter: client construction, the delivery latch, topics, lag. Only this module and the
-runner touch confluent_kafka.
+"""The Kafka adapter: the only module of tickcast that imports confluent_kafka.
 
-The commit rule (stream/runner.py obeys it): a batch's input offsets are committed only after every
-forecast and dead letter it produced is acknowledged by the broker, and batches are committed in
-order. At-least-once: each batch's DeliveryLatch counts its outstanding messages and keeps the first
-error; acknowledged batches' offsets are committed asynchronously (synchronously on revoke and
-close). Exactly-once: the offsets are sent to the batch's transaction, then commit_transaction.
+Kafka's types end here, at the source, as in bytewax's Kafka connector: a consumed message becomes
+a `Record`, a partition is a `(topic, partition)` pair, offsets are plain ints (`Offsets` maps a
+partition to the next offset to read), and librdkafka's errors become `KafkaFailure`s that say
+whether they are fatal, abortable or retriable. The rest of tickcast (the checkpoint, the runner,
+the rebuild, the commands) speaks those terms only, so it is tested with a fake adapter.
+
+    Source         the group consumer: batches of Records, rebalance callbacks, commits, seeks
+    Sink           the producer: produce, delivery reports, transactions, renewal after a fatal error
+    DeliveryLatch  counts a batch's outstanding produces and keeps its first delivery error
+    read_ranges    a group-less reader of offset ranges (the window rebuild)
+
+The commit order itself is not here: stream/checkpoint.py owns it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -20,9 +27,25 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from stream.config import Settings
-from stream.errors import DeliveryError, UnreachableError
+from stream.contracts import Record
+from stream.errors import KafkaFailure, UnreachableError
 
 log = logging.getLogger(__name__)
+
+#: (topic, partition)
+Partition = tuple[str, int]
+#: partition -> the next offset to read (Kafka's committed-offset convention)
+Offsets = dict[Partition, int]
+
+#: A dead letter the broker refuses for what it is (too large, say) can never be delivered; it is
+#: counted and skipped rather than failing its batch forever (DESIGN: Wire contracts).
+_UNDELIVERABLE = {
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.INVALID_MSG_SIZE,
+    KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_RECORD,
+    KafkaError.INVALID_MSG,
+}
 
 
 def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
@@ -30,7 +53,7 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
     conf.update(
         {
             "group.id": group_id or settings.kafka.group_id,
-            # Offsets are committed by the runner only after a batch's output is delivered.
+            # Offsets are committed by the checkpoint only after a batch's output is delivered.
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
@@ -65,17 +88,202 @@ def producer_config(settings: Settings, transactional_id: str | None = None) -> 
     return conf
 
 
-class DeliveryLatch:
-    """Counts outstanding produces and keeps the first delivery error for the main thread.
+def failure(exc: KafkaException | KafkaError, doing: str) -> KafkaFailure:
+    """librdkafka's error as a KafkaFailure, its code and kind kept readable."""
+    err = exc if isinstance(exc, KafkaError) else (exc.args[0] if exc.args else None)
+    if not isinstance(err, KafkaError):
+        return KafkaFailure(f"{doing}: {exc}", "unknown")
+    return KafkaFailure(
+        f"{doing}: {err.name()} ({err.str()})",
+        err.name(),
+        fatal=err.fatal(),
+        retriable=err.retriable(),
+        abortable=err.txn_requires_abort(),
+    )
 
-    librdkafka calls `on_delivery` from `poll`/`flush` on the caller's thread; the lock is for the
-    metrics thread reading `pending`, not for librdkafka.
+
+def _tps(partitions: Iterable[Partition]) -> list[TopicPartition]:
+    return [TopicPartition(t, p) for t, p in partitions]
+
+
+def _offset_tps(offsets: Mapping[Partition, int]) -> list[TopicPartition]:
+    return [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+
+
+def _partitions(tps: Iterable[TopicPartition]) -> list[Partition]:
+    return [(tp.topic, tp.partition) for tp in tps]
+
+
+def _to_records(messages: Sequence[Message], on_error: Callable[[str], None]) -> list[Record]:
+    records: list[Record] = []
+    append = records.append
+    for m in messages:
+        err = m.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                continue
+            on_error(err.name())
+            log.warning("consume error=%s detail=%s", err.name(), err.str())
+            if err.fatal():
+                raise failure(err, "consume")
+            continue
+        kind, stamp = m.timestamp()
+        headers = m.headers()
+        append(
+            Record(
+                cast(str, m.topic()),
+                cast(int, m.partition()),
+                cast(int, m.offset()),
+                m.key(),
+                m.value(),
+                stamp if kind else -1,
+                tuple(cast("list[tuple[str, bytes | None]]", headers)) if headers else (),
+            )
+        )
+    return records
+
+
+class Source:
+    """The group consumer, in Records.
+
+    `subscribe(..., paused=True)` (the service) delivers every assignment paused: `on_assign` runs
+    inside `consume` (a rebalance callback), and the work an assignment may need (reading the
+    committed offsets, rebuilding windows) belongs in the loop, not in the callback. The loop
+    resumes the partitions once that is done.
+    """
+
+    def __init__(
+        self,
+        conf: dict[str, Any],
+        on_error: Callable[[str], None] = lambda code: None,
+    ) -> None:
+        self.on_error = on_error
+        #: set by the checkpoint: the result of an asynchronous commit (offsets, error or None)
+        self.on_commit: Callable[[Offsets, str | None], None] = lambda offsets, err: None
+        self._consumer = Consumer({**conf, "on_commit": self._committed_async})
+
+    def subscribe(
+        self,
+        topics: list[str],
+        on_assign: Callable[[list[Partition]], None] = lambda parts: None,
+        on_revoke: Callable[[list[Partition]], None] = lambda parts: None,
+        on_lost: Callable[[list[Partition]], None] = lambda parts: None,
+        *,
+        paused: bool = False,
+    ) -> None:
+        def assigned(consumer: Consumer, tps: list[TopicPartition]) -> None:
+            if paused:
+                consumer.assign(tps)
+                consumer.pause(tps)
+            on_assign(_partitions(tps))
+
+        self._consumer.subscribe(
+            topics,
+            on_assign=assigned,
+            on_revoke=lambda consumer, tps: on_revoke(_partitions(tps)),
+            on_lost=lambda consumer, tps: on_lost(_partitions(tps)),
+        )
+
+    def consume(self, max_records: int, timeout: float) -> list[Record]:
+        return _to_records(
+            self._consumer.consume(num_messages=max_records, timeout=timeout), self.on_error
+        )
+
+    def resume(self, partitions: list[Partition]) -> None:
+        self._consumer.resume(_tps(partitions))
+
+    def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool) -> None:
+        """Commit `offsets`; a synchronous commit raises KafkaFailure when it fails."""
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=_offset_tps(offsets), asynchronous=True)
+            else:
+                self._consumer.commit(offsets=_offset_tps(offsets), asynchronous=False)
+        except KafkaException as exc:
+            raise failure(exc, "commit") from None
+
+    def committed(self, partitions: list[Partition], timeout: float = 10.0) -> Offsets:
+        """The group's committed offsets of `partitions` (those without one are left out)."""
+        try:
+            tps = self._consumer.committed(_tps(partitions), timeout=timeout)
+        except KafkaException as exc:
+            raise failure(exc, "read committed offsets") from None
+        return {(tp.topic, tp.partition): tp.offset for tp in tps if tp.offset >= 0}
+
+    def seek(self, offsets: Mapping[Partition, int]) -> None:
+        """Read each partition again from the given offset (a rewind)."""
+        for tp in _offset_tps(offsets):
+            try:
+                self._consumer.seek(tp)
+            except KafkaException as exc:
+                # Not yet fetching (just assigned): the position is set by the next assign.
+                log.warning('seek partition="%s[%d]" failed: %s', tp.topic, tp.partition, exc)
+
+    def group_metadata(self) -> object:
+        return self._consumer.consumer_group_metadata()
+
+    def low_watermarks(self, partitions: list[Partition], timeout: float = 10.0) -> Offsets:
+        out: Offsets = {}
+        for tp in _tps(partitions):
+            try:
+                out[(tp.topic, tp.partition)] = self._consumer.get_watermark_offsets(
+                    tp, timeout=timeout
+                )[0]
+            except KafkaException as exc:
+                log.warning('no watermarks partition="%s[%d]": %s', tp.topic, tp.partition, exc)
+        return out
+
+    def lag(self, partitions: list[Partition], committed: Mapping[Partition, int]) -> Offsets:
+        """High watermark minus committed offset, as `kafka-consumer-groups --describe` computes it.
+
+        Uses the watermark cached from fetch responses (no broker round trip); falls back to asking
+        the broker when nothing has been fetched yet.
+        """
+        lag: Offsets = {}
+        for tp in _tps(partitions):
+            key = (tp.topic, tp.partition)
+            try:
+                low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    low, high = self._consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
+            except KafkaException:
+                continue
+            position = committed.get(key)
+            base = position if position is not None and position >= 0 else low
+            lag[key] = max(high - base, 0)
+        return lag
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def _committed_async(self, err: KafkaError | None, tps: list[TopicPartition]) -> None:
+        if err is not None:
+            self.on_error(err.name())
+            self.on_commit({}, f"{err.name()} ({err.str()})")
+            return
+        self.on_commit(
+            {
+                (tp.topic, tp.partition): tp.offset
+                for tp in tps
+                if tp.error is None and tp.offset >= 0
+            },
+            None,
+        )
+
+
+class DeliveryLatch:
+    """Counts a batch's outstanding produces and keeps its first delivery error.
+
+    librdkafka calls the `on_*` methods from `poll`/`flush` on the caller's thread; the lock is for
+    the metrics thread reading `pending`, not for librdkafka.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.pending = 0
-        self.error: KafkaError | None = None
+        self.error: str | None = None
+        #: dead letters the broker refused for good, as "reason source-offset: error"
+        self.undeliverable: list[str] = []
 
     def sent(self, n: int = 1) -> None:
         with self._lock:
@@ -85,43 +293,148 @@ class DeliveryLatch:
         with self._lock:
             self.pending -= 1
             if err is not None and self.error is None:
-                self.error = err
+                self.error = f"{err.name()} ({err.str()})"
 
-    def reset(self) -> None:
-        """Forget a latched error once the batch that caused it has been rewound."""
-        with self._lock:
-            self.error = None
-
-    def raise_if_failed(self) -> None:
-        with self._lock:
-            err, self.error = self.error, None
-        if err is not None:
-            raise DeliveryError(f"delivery failed: {err.name()} ({err.str()})")
-
-
-def produce(
-    producer: Producer,
-    topic: str,
-    key: bytes | None,
-    value: bytes | None,
-    headers: list[tuple[str, bytes]] | None = None,
-    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
-) -> None:
-    """Produce one message, waiting for room when librdkafka's local queue is full."""
-    # The client's stubs want a list of (str, str | bytes | None); ours holds bytes only.
-    wire_headers = cast("list[tuple[str, str | bytes | None]] | None", headers)
-    while True:
-        try:
-            if on_delivery is None:
-                producer.produce(topic, value=value, key=key, headers=wire_headers)
-            else:
-                producer.produce(
-                    topic, value=value, key=key, headers=wire_headers, on_delivery=on_delivery
-                )
+    def on_dead_letter(self, err: KafkaError | None, msg: Message) -> None:
+        """A dead letter's report: one the broker can never take is skipped, not a failure."""
+        if err is not None and err.code() in _UNDELIVERABLE:
+            with self._lock:
+                self.pending -= 1
+                self.undeliverable.append(_dead_letter_name(msg, err))
             return
-        except BufferError:
-            # Serving delivery reports is what frees the queue.
-            producer.poll(0.05)
+        self.on_delivery(err, msg)
+
+    def unsent(self, what: str) -> None:
+        """A produce refused before it was queued (counted by `sent` already)."""
+        with self._lock:
+            self.pending -= 1
+            self.undeliverable.append(what)
+
+
+def _dead_letter_name(msg: Message, err: KafkaError) -> str:
+    offset = b""
+    for name, value in cast("list[tuple[str, str | bytes | None]]", msg.headers() or []):
+        if name == "source.offset" and value is not None:
+            offset = value if isinstance(value, bytes) else value.encode()
+    return f"source-offset={offset.decode(errors='replace')} error={err.name()}"
+
+
+class Sink:
+    """The producer. Transactional when given a transactional id; `renew` replaces it after a
+    fatal error (a transactional producer is unusable after one)."""
+
+    def __init__(self, conf: dict[str, Any], init_timeout_s: float = 30.0) -> None:
+        self._conf = conf
+        self._init_timeout_s = init_timeout_s
+        self.transactional = "transactional.id" in conf
+        self._producer = self._new()
+
+    def _new(self) -> Producer:
+        producer = Producer(self._conf)
+        if self.transactional:
+            try:
+                producer.init_transactions(self._init_timeout_s)
+            except KafkaException as exc:
+                raise failure(exc, "init transactions") from None
+        return producer
+
+    def renew(self) -> None:
+        """A new producer in place of one that hit a fatal error."""
+        old, self._producer = self._producer, self._new()
+        old.flush(0)
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    ) -> None:
+        """Queue one message, waiting for room when librdkafka's local queue is full; raises
+        KafkaFailure when the client refuses the message itself (too large, say)."""
+        # The client's stubs want a list of (str, str | bytes | None); ours holds bytes only.
+        wire_headers = cast("list[tuple[str, str | bytes | None]] | None", headers)
+        producer = self._producer
+        while True:
+            try:
+                if on_delivery is None:
+                    producer.produce(topic, value=value, key=key, headers=wire_headers)
+                else:
+                    producer.produce(
+                        topic, value=value, key=key, headers=wire_headers, on_delivery=on_delivery
+                    )
+                return
+            except BufferError:
+                # Serving delivery reports is what frees the queue.
+                producer.poll(0.05)
+            except KafkaException as exc:
+                raise failure(exc, f"produce to {topic}") from None
+
+    def poll(self, timeout: float = 0.0) -> None:
+        self._producer.poll(timeout)
+
+    def flush(self, timeout: float) -> int:
+        """Wait up to `timeout` for every delivery report; returns how many are still due."""
+        return int(self._producer.flush(timeout))
+
+    def transaction(
+        self, offsets: Mapping[Partition, int], group_metadata: object, timeout: float
+    ) -> None:
+        """Send a batch's input offsets to the open transaction and commit it."""
+        try:
+            self._producer.send_offsets_to_transaction(
+                _offset_tps(offsets), group_metadata, timeout
+            )
+            self._producer.commit_transaction(timeout)
+        except KafkaException as exc:
+            raise failure(exc, "commit transaction") from None
+
+    def begin(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise failure(exc, "begin transaction") from None
+
+    def abort(self, timeout: float) -> None:
+        try:
+            self._producer.abort_transaction(timeout)
+        except KafkaException as exc:
+            raise failure(exc, "abort transaction") from None
+
+
+def read_ranges(
+    conf: dict[str, Any], ranges: Mapping[Partition, tuple[int, int]], stall_s: float = 30.0
+) -> Iterator[list[Record]]:
+    """The records of each partition's [start, end), in batches, read by a consumer of its own
+    (assigned, not subscribed: it never joins a group nor commits). Raises KafkaFailure when no
+    progress is made for `stall_s`."""
+    reader = Consumer({**conf, "enable.auto.commit": False})
+    reader.assign([TopicPartition(t, p, start) for (t, p), (start, _) in ranges.items()])
+    open_ranges = dict(ranges)
+    idle_since = time.monotonic()
+    try:
+        while open_ranges:
+            records = [
+                r
+                for r in _to_records(reader.consume(num_messages=1000, timeout=0.5), lambda c: None)
+                if (r.topic, r.partition) in open_ranges
+                and r.offset < open_ranges[(r.topic, r.partition)][1]
+            ]
+            if records:
+                idle_since = time.monotonic()
+                yield records
+            # Done with a partition once its position reaches the end (control records and
+            # aborted transactions have offsets but no messages, so compare positions).
+            for tp in reader.position(_tps(open_ranges)):
+                if tp.offset >= open_ranges[(tp.topic, tp.partition)][1]:
+                    del open_ranges[(tp.topic, tp.partition)]
+            if open_ranges and time.monotonic() - idle_since > stall_s:
+                raise KafkaFailure(
+                    f"no progress reading {sorted(open_ranges)} for {stall_s:.0f} s", "stalled"
+                )
+    finally:
+        reader.close()
 
 
 def check_reachable(settings: Settings, timeout: float = 10.0) -> None:
@@ -154,7 +467,7 @@ def ensure_topics(
             fut.result(timeout=30)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
+                raise failure(exc, f"create topic {_name}") from None
     log.info("created topics %s partitions=%d", ",".join(wanted), count)
     return wanted
 
@@ -171,26 +484,3 @@ def delete_topics(settings: Settings, names: Iterable[str]) -> None:
             fut.result(timeout=60)
         except KafkaException as exc:
             log.warning("could not delete topic %s: %s", name, exc)
-
-
-def committed_lag(
-    consumer: Consumer, partitions: list[TopicPartition], committed: dict[tuple[str, int], int]
-) -> dict[tuple[str, int], int]:
-    """High watermark minus committed offset, as `kafka-consumer-groups --describe` computes it.
-
-    Uses the watermark cached from fetch responses (no broker round trip); falls back to asking the
-    broker when nothing has been fetched yet.
-    """
-    lag: dict[tuple[str, int], int] = {}
-    for tp in partitions:
-        key = (tp.topic, tp.partition)
-        try:
-            low, high = consumer.get_watermark_offsets(tp, cached=True)
-            if high < 0:
-                low, high = consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
-        except KafkaException:
-            continue
-        position = committed.get(key)
-        base = position if position is not None and position >= 0 else low
-        lag[key] = max(high - base, 0)
-    return lag

@@ -3,7 +3,8 @@
 The registry is injected, so tests build a fresh one; the service uses its own (not the global
 default), so nothing else in the process leaks into /metrics.
 
-    /metrics   Prometheus text format
+    /metrics   prometheus_client's own exposition: the Prometheus text format, or OpenMetrics
+               when the scraper asks for it, gzip when it accepts it, `name[]` to filter
     /healthz   200 while the process loop is alive
     /readyz    200 when the model is loaded, Redis answers and partitions are assigned; else 503
                with the reasons
@@ -11,16 +12,17 @@ default), so nothing else in the process leaks into /metrics.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, cast
+from http.server import ThreadingHTTPServer
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -28,8 +30,13 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+if TYPE_CHECKING:
+    from stream.contracts import Record
+    from stream.pipeline import BatchResult
 
 PREFIX = "tickcast"
 
@@ -155,6 +162,49 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop a partition's series once it is no longer assigned here."""
+        with contextlib.suppress(KeyError):
+            self.consumer_lag.remove(topic, str(partition))
+
+    def record_batch(
+        self, result: BatchResult, records: Sequence[Record], opened_at: float, now_ms: float
+    ) -> None:
+        """Count a batch whose output is delivered (at-least-once) or committed (exactly-once)."""
+        for outcome, n in result.counts.items():
+            if n:
+                self.ticks.labels(outcome=outcome).inc(n)
+        cached = sum(1 for f in result.forecasts if f.cached)
+        if cached:
+            self.forecasts.labels(cached="true").inc(cached)
+        if len(result.forecasts) - cached:
+            self.forecasts.labels(cached="false").inc(len(result.forecasts) - cached)
+        if result.cache_hits:
+            self.cache_requests.labels(result="hit").inc(result.cache_hits)
+        if result.cache_misses:
+            self.cache_requests.labels(result="miss").inc(result.cache_misses)
+        for r in result.dead_letters:
+            self.dead_letters.labels(reason=r.reason).inc()
+        if result.non_finite:
+            self.forecasts_dropped.labels(reason="non_finite").inc(result.non_finite)
+        if result.inference_batch_size:
+            self.inference_batch_size.observe(result.inference_batch_size)
+            self.inference_seconds.observe(result.stage_seconds.get("inference", 0.0))
+        for stage, seconds in result.stage_seconds.items():
+            self.batch_seconds.labels(stage=stage).observe(seconds)
+        self.batch_seconds.labels(stage="total").observe(time.perf_counter() - opened_at)
+        self.batches.inc()
+        if result.forecasts:
+            # Ingest to publish: from the tick's Kafka timestamp to now (all delivered).
+            stamps = {(r.partition, r.offset): r.timestamp for r in records}
+            sent = np.fromiter(
+                (stamps.get((f.source.partition, f.source.offset), 0) for f in result.forecasts),
+                dtype=np.float64,
+                count=len(result.forecasts),
+            )
+            sent = sent[sent > 0]
+            self.tick_to_forecast_seconds.observe_many(np.maximum(now_ms - sent, 0.0) / 1000.0)
+
 
 def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
     """A running service's tickcast_* samples, keyed by name with labels (demo and benchmarks)."""
@@ -193,33 +243,38 @@ class Health:
 
 
 def serve(metrics: Metrics, health: Health, host: str, port: int) -> ThreadingHTTPServer:
-    """Start the endpoints on a daemon thread; returns the server (call shutdown() to stop)."""
+    """Start the endpoints on a daemon thread; returns the server (call shutdown() to stop).
 
-    class Handler(BaseHTTPRequestHandler):
+    /metrics is prometheus_client's own `MetricsHandler` on the service's registry (its content
+    negotiation, encoders and compression); the two probes and the 404 for any other path sit
+    beside it. It writes no access log: scrapes every few seconds would drown the service log.
+    """
+
+    class Handler(MetricsHandler):
+        registry = metrics.registry
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
+                super().do_GET()
             elif path == "/healthz":
-                self._send(200, b"ok\n", "text/plain")
+                self._send_text(200, "ok\n")
             elif path == "/readyz":
                 reasons = health.not_ready_reasons()
-                body = (
-                    "ready\n" if not reasons else "not ready: " + ", ".join(reasons) + "\n"
-                ).encode()
-                self._send(503 if reasons else 200, body, "text/plain")
+                if reasons:
+                    self._send_text(503, "not ready: " + ", ".join(reasons) + "\n")
+                else:
+                    self._send_text(200, "ready\n")
             else:
-                self._send(404, b"not found\n", "text/plain")
+                self._send_text(404, "not found\n")
 
-        def _send(self, code: int, body: bytes, ctype: str) -> None:
+        def _send_text(self, code: int, text: str) -> None:
+            body = text.encode()
             self.send_response(code)
-            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return  # scrapes every few seconds would drown the service log
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.cache import digests as window_digests
-from stream.contracts import Forecast, RawMessage, Rejected, Source, Tick, Window, decode_batch
+from stream.contracts import Forecast, Record, Rejected, Source, Tick, Window, decode_batch
 from stream.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,6 @@ _STORE_DETAIL = {
     "late": "ts older than the symbol's last tick",
     "duplicate": "ts equal to the symbol's last tick",
 }
-
-
-def _position(m: RawMessage) -> tuple[int, int]:
-    """(partition, offset) as decode_batch gives them to the Tick (-1 where missing)."""
-    partition, offset = m.partition(), m.offset()
-    return (-1 if partition is None else partition, -1 if offset is None else offset)
 
 
 class WindowBatchLike(Protocol):
@@ -150,14 +144,14 @@ class Pipeline:
             raise ModelError(f"model quantiles {qs} must be ascending and include 0.5")
         return 0, medians[0], len(qs) - 1
 
-    def process(self, messages: Sequence[RawMessage], max_message_bytes: int) -> BatchResult:
+    def process(self, records: Sequence[Record], max_message_bytes: int) -> BatchResult:
         """The whole batch, in order: prepare, compute, fill, finish."""
-        prepared = self.prepare(messages, max_message_bytes)
+        prepared = self.prepare(records, max_message_bytes)
         self.compute(prepared)
         self.fill(prepared)
         return self.finish(prepared)
 
-    def prepare(self, messages: Sequence[RawMessage], max_message_bytes: int) -> Prepared:
+    def prepare(self, records: Sequence[Record], max_message_bytes: int) -> Prepared:
         """Decode, update the windows (one Redis call), look up replayed windows (one call).
 
         On the loop's thread. What is left is the model call for the misses (`compute`), which
@@ -167,7 +161,7 @@ class Pipeline:
         stages = dict.fromkeys(STAGES, 0.0)
 
         t0 = clock()
-        ticks, dead_letters = decode_batch(messages, max_message_bytes)
+        ticks, dead_letters = decode_batch(records, max_message_bytes)
         stages["decode"] = clock() - t0
 
         t0 = clock()
@@ -177,16 +171,16 @@ class Pipeline:
         counts["invalid"] = len(dead_letters)
         if batch.rejected and self.late_policy == "dead_letter":
             # The dead letter carries the message exactly as it arrived.
-            by_position = {_position(m): m for m in messages}
+            by_position = {(r.partition, r.offset): r for r in records}
             for tick, reason in batch.rejected:
-                m = by_position[(tick.partition, tick.offset)]
+                r = by_position[(tick.partition, tick.offset)]
                 dead_letters.append(
                     Rejected(
                         reason,
                         _STORE_DETAIL.get(reason, reason),
-                        m.value(),
-                        m.key(),
-                        m.topic() or self.source_topic,
+                        r.value,
+                        r.key,
+                        r.topic,
                         tick.partition,
                         tick.offset,
                     )

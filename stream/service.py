@@ -12,13 +12,21 @@ from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 
 import redis
-from confluent_kafka import Consumer, Producer
 from prometheus_client import CollectorRegistry
 
 from stream.cache import ForecastCache
+from stream.checkpoint import AtLeastOnce, Checkpoint, Topics, Transactional
 from stream.config import Settings
 from stream.errors import UnreachableError
-from stream.kafka import check_reachable, consumer_config, ensure_topics, producer_config
+from stream.kafka import (
+    Sink,
+    Source,
+    check_reachable,
+    consumer_config,
+    ensure_topics,
+    producer_config,
+    read_ranges,
+)
 from stream.metrics import Health, Metrics, serve
 from stream.pipeline import Pipeline
 from stream.predictor import Predictor, load_predictor
@@ -120,38 +128,40 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         late_policy=settings.window.late_policy,
     )
     exactly_once = settings.processing.guarantee == "exactly-once"
-    producer = Producer(
-        producer_config(settings, transactional_id(settings) if exactly_once else None)
+    processing = settings.processing
+    source = Source(
+        consumer_config(settings),
+        on_error=lambda code: metrics.kafka_errors.labels(code=code).inc(),
     )
-    if exactly_once:
-        producer.init_transactions(30)
+    sink = Sink(producer_config(settings, transactional_id(settings) if exactly_once else None))
+    topics = Topics(settings.topics.forecasts, settings.topics.dead_letter)
+    checkpoint: Checkpoint = (
+        Transactional(source, sink, topics)
+        if exactly_once
+        else AtLeastOnce(
+            source,
+            sink,
+            topics,
+            commit_interval_s=processing.commit_interval_s,
+            commit_after=processing.max_batch,
+        )
+    )
     config = RunnerConfig(
-        forecasts_topic=settings.topics.forecasts,
-        dead_letter_topic=settings.topics.dead_letter,
-        max_batch=settings.processing.max_batch,
-        poll_timeout_s=settings.processing.poll_timeout_s,
-        max_message_bytes=settings.processing.max_message_bytes,
-        exactly_once=exactly_once,
-        redis_retry_max_s=settings.processing.redis_retry_max_s,
-        max_in_flight=settings.processing.max_in_flight,
-        commit_interval_s=settings.processing.commit_interval_s,
-        shutdown_timeout_s=settings.processing.shutdown_timeout_s,
+        max_batch=processing.max_batch,
+        poll_timeout_s=processing.poll_timeout_s,
+        max_message_bytes=processing.max_message_bytes,
+        max_in_flight=processing.max_in_flight,
+        redis_retry_max_s=processing.redis_retry_max_s,
+        shutdown_timeout_s=processing.shutdown_timeout_s,
+        model_thread=not exactly_once,
     )
-    runner_ref: list[Runner] = []
-    consumer = Consumer(
-        {
-            **consumer_config(settings),
-            "on_commit": lambda err, tps: runner_ref[0].on_commit(err, tps),
-        }
-    )
+    rebuild_conf = consumer_config(settings, group_id=f"{settings.kafka.group_id}-rebuild")
     rebuilder = Rebuilder(
-        consumer_config(settings, group_id=f"{settings.kafka.group_id}-rebuild"),
-        settings.topics.ticks,
+        lambda ranges: read_ranges(rebuild_conf, ranges),
         store,
-        settings.processing.max_message_bytes,
+        processing.max_message_bytes,
         settings.window.rebuild_max_ticks,
         on_rebuilt=lambda n: metrics.ticks.labels(outcome="rebuilt").inc(n),
-        retry_max_s=settings.processing.redis_retry_max_s,
     )
 
     def swap(new: Predictor) -> None:
@@ -165,21 +175,21 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     reloader = ModelReloader(settings.model, settings.window.size, predictor, swap)
     runner = Runner(
         config,
-        consumer,
-        producer,
+        source,
+        checkpoint,
         pipeline,
         metrics,
         health,
-        rebuilder=rebuilder,
+        recovery=rebuilder,
         between_batches=reloader.between_batches,
         on_sighup=reloader.request,
     )
-    runner_ref.append(runner)
-    consumer.subscribe(
+    source.subscribe(
         [settings.topics.ticks],
         on_assign=runner.on_assign,
         on_revoke=runner.on_revoke,
         on_lost=runner.on_lost,
+        paused=True,
     )
     http = None
     if settings.metrics.enabled:

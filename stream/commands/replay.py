@@ -45,12 +45,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def publish(settings: config.Settings, topic: str, args: argparse.Namespace) -> dict[str, int]:
-    from confluent_kafka import Producer
     from rich.progress import Progress
 
     from models.data import GOLD_CSV, load_prices
     from stream.errors import DeliveryError
-    from stream.kafka import DeliveryLatch, produce, producer_config
+    from stream.kafka import DeliveryLatch, Sink, producer_config
     from tools.feed import bad_message, ticks
 
     series = load_prices(args.csv or GOLD_CSV)
@@ -58,7 +57,7 @@ def publish(settings: config.Settings, topic: str, args: argparse.Namespace) -> 
         series = series.tail(args.last)
     rows = args.rows or len(series)
     total = min(rows, len(series)) * args.symbols
-    producer = Producer(producer_config(settings))
+    producer = Sink(producer_config(settings))
     latch = DeliveryLatch()
     rng = random.Random(args.seed)
     counts = {"ticks": 0, "bad": 0}
@@ -69,10 +68,10 @@ def publish(settings: config.Settings, topic: str, args: argparse.Namespace) -> 
             if args.bad_fraction and rng.random() < args.bad_fraction:
                 _, bad = bad_message(counts["bad"], settings.processing.max_message_bytes)
                 latch.sent()
-                produce(producer, topic, bad.key, bad.value, on_delivery=latch.on_delivery)
+                producer.produce(topic, bad.key, bad.value, on_delivery=latch.on_delivery)
                 counts["bad"] += 1
             latch.sent()
-            produce(producer, topic, msg.key, msg.value, on_delivery=latch.on_delivery)
+            producer.produce(topic, msg.key, msg.value, on_delivery=latch.on_delivery)
             counts["ticks"] += 1
             if counts["ticks"] % 1000 == 0:
                 progress.update(task, completed=counts["ticks"])
@@ -84,7 +83,8 @@ def publish(settings: config.Settings, topic: str, args: argparse.Namespace) -> 
                     time.sleep(ahead)
         progress.update(task, completed=counts["ticks"])
         left = producer.flush(60)
-    latch.raise_if_failed()
+    if latch.error is not None:
+        raise DeliveryError(f"ticks not delivered to {topic}: {latch.error}")
     if left:
         raise DeliveryError(f"{left} ticks not delivered to {topic} within 60 s")
     return counts

@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         settings.metrics.port,
     )
     try:
-        runner.run()
+        clean = runner.run()
     finally:
         service.close()
-    return 0
+    # 3: stopped with work that was not delivered in time; it stays uncommitted and is redone.
+    return 0 if clean else 3

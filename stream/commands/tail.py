@@ -34,12 +34,11 @@ def format_forecast(f: Forecast) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from confluent_kafka import Consumer
-
     from stream.contracts import decode_forecast
+    from stream.kafka import Source
 
     settings = config.load(args.config)
-    consumer = Consumer(
+    consumer = Source(
         {
             **settings.kafka.librdkafka_common(),
             "group.id": f"tickcast-tail-{uuid.uuid4().hex[:8]}",
@@ -53,13 +52,13 @@ def run(args: argparse.Namespace) -> int:
     last = time.monotonic()
     try:
         while not args.max or seen < args.max:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
+            records = consumer.consume(1, 0.5)
+            if not records:
                 if args.idle_timeout and time.monotonic() - last > args.idle_timeout:
                     break
                 continue
             last = time.monotonic()
-            value = msg.value() or b""
+            value = records[0].value or b""
             print(
                 value.decode() if args.json else format_forecast(decode_forecast(value)), flush=True
             )

@@ -13,8 +13,8 @@ import pytest
 
 from stream.contracts import (
     Forecast,
+    Record,
     Source,
-    SourceMessage,
     decode_batch,
     encode_forecast,
 )
@@ -67,7 +67,7 @@ def test_replay_publishes_every_row_per_symbol_and_the_bad_share(
     assert good == 60 and bad > 0
     records = read_topic(kafka_bootstrap, topic, good + bad, settle=1.0)
     assert len(records) == good + bad
-    ticks, rejected = decode_batch([SourceMessage(v, k) for k, v, _ in records], 65_536)
+    ticks, rejected = decode_batch([Record("ticks", 0, 0, k, v) for k, v, _ in records], 65_536)
     assert len(ticks) == good and len(rejected) == bad
     assert {t.symbol for t in ticks} == {"XAUUSD", "XAUUSD.001", "XAUUSD.002"}
     first = [t.price for t in ticks if t.symbol == "XAUUSD"]

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from stream.cache import ForecastCache
-from stream.contracts import SourceMessage, encode_forecast, encode_tick
+from stream.contracts import Record, encode_forecast, encode_tick
 from stream.pipeline import Pipeline
 from stream.windows import WindowStore
 
@@ -58,7 +58,7 @@ def test_a_redelivered_batch_republishes_identical_forecasts(
         symbol = ("XAUUSD", "XAGUSD")[offset % 2]
         price = float(1900 + rng.normal())
         value = encode_tick(symbol, price, 1_714_559_400_000 + offset * 1000)
-        messages.append(SourceMessage(value, symbol.encode(), "ticks", 0, offset))
+        messages.append(Record("ticks", 0, offset, symbol.encode(), value))
 
     first = []
     for start in range(0, 400, 100):

@@ -9,14 +9,13 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from stream.contracts import (
     REASONS,
     TS_LIMIT,
     Forecast,
+    Record,
     Rejected,
     Source,
-    SourceMessage,
     Tick,
     Window,
     dead_letter_headers,
@@ -33,7 +32,7 @@ MAX = 65_536
 def decode_one(
     value: bytes | None, key: bytes | None = None, max_bytes: int = MAX
 ) -> Tick | Rejected:
-    ticks, rejected = decode_batch([SourceMessage(value, key, "ticks", 3, 42)], max_bytes)
+    ticks, rejected = decode_batch([Record("ticks", 3, 42, key, value)], max_bytes)
     assert len(ticks) + len(rejected) == 1
     return ticks[0] if ticks else rejected[0]
 
@@ -116,7 +115,7 @@ def test_ts_limits_are_inclusive_and_32_char_symbols_pass() -> None:
 
 def test_rejection_keeps_the_original_message_and_quotes_little_of_it() -> None:
     value = b'{"symbol": "' + b"Z" * 5000 + b'", "price": 1, "ts": 1}'
-    [bad] = decode_batch([SourceMessage(value, b"k", "ticks", 2, 9)], MAX)[1]
+    [bad] = decode_batch([Record("ticks", 2, 9, b"k", value)], MAX)[1]
     assert (bad.value, bad.key, bad.topic, bad.partition, bad.offset) == (
         value,
         b"k",
@@ -142,10 +141,10 @@ def test_dead_letter_headers() -> None:
 
 def test_a_batch_keeps_input_order_and_splits_good_from_bad() -> None:
     msgs = [
-        SourceMessage(encode_tick("A", 1.0, 1), offset_=0),
-        SourceMessage(b"nope", offset_=1),
-        SourceMessage(encode_tick("B", 2.0, 2), offset_=2),
-        SourceMessage(None, offset_=3),
+        Record("ticks", 0, 0, None, encode_tick("A", 1.0, 1)),
+        Record("ticks", 0, 1, None, b"nope"),
+        Record("ticks", 0, 2, None, encode_tick("B", 2.0, 2)),
+        Record("ticks", 0, 3, None, None),
     ]
     ticks, rejected = decode_batch(msgs, MAX)
     assert [(t.symbol, t.offset) for t in ticks] == [("A", 0), ("B", 2)]
@@ -171,7 +170,7 @@ def test_valid_ticks_round_trip(symbol: str, price: float, ts: int, keyed: bool)
     key=st.one_of(st.none(), st.binary(max_size=40)),
 )
 def test_arbitrary_bytes_never_raise(values: list[bytes | None], key: bytes | None) -> None:
-    msgs = [SourceMessage(v, key, "ticks", 0, i) for i, v in enumerate(values)]
+    msgs = [Record("ticks", 0, i, key, v) for i, v in enumerate(values)]
     ticks, rejected = decode_batch(msgs, 256)
     assert len(ticks) + len(rejected) == len(values)
     assert all(r.reason in REASONS for r in rejected)
@@ -195,7 +194,7 @@ def test_arbitrary_json_objects_never_raise(obj: dict[str, object], key: bytes |
     import json
 
     value = json.dumps(obj).encode()
-    ticks, rejected = decode_batch([SourceMessage(value, key)], MAX)
+    ticks, rejected = decode_batch([Record("ticks", 0, 0, key, value)], MAX)
     assert len(ticks) + len(rejected) == 1
     if rejected:
         assert rejected[0].reason in REASONS
@@ -349,7 +348,7 @@ def test_fast_path_agrees_with_the_checks(symbol: object, price: object, ts: obj
         parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
         return  # NaN/Infinity: covered by the rejection tests
-    ticks, rejected = decode_batch([SourceMessage(value, None)], MAX)
+    ticks, rejected = decode_batch([Record("ticks", 0, 0, None, value)], MAX)
     try:
         symbol, price, ts = _fields(parsed)
     except _Invalid as bad:
@@ -377,7 +376,7 @@ def test_fast_path_agrees_with_the_checks_on_every_combination_of_edge_values() 
         fields = {"symbol": symbol, "price": price, "ts": ts}
         obj = {k: v for k, v in fields.items() if v is not ...}
         value = json.dumps(obj).encode()
-        ticks, rejected = decode_batch([SourceMessage(value, None)], MAX)
+        ticks, rejected = decode_batch([Record("ticks", 0, 0, None, value)], MAX)
         try:
             expected = _fields(orjson.loads(value))
         except _Invalid as bad:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from models.data import GOLD_CSV, load_prices
-from stream.contracts import SourceMessage, decode_batch
+from stream.contracts import Record, decode_batch
 from tools.feed import BAD_MESSAGES, bad_message, symbol_names, ticks
 
 
@@ -34,6 +34,8 @@ def test_one_symbol_is_the_series_itself() -> None:
 def test_every_bad_message_is_rejected_for_its_stated_reason() -> None:
     for i in range(len(BAD_MESSAGES) + 1):
         reason, msg = bad_message(i, max_message_bytes=1024)
-        ticks_, rejected = decode_batch([SourceMessage(msg.value, msg.key)], max_message_bytes=1024)
+        ticks_, rejected = decode_batch(
+            [Record("ticks", 0, 0, msg.key, msg.value)], max_message_bytes=1024
+        )
         assert not ticks_
         assert [r.reason for r in rejected] == [reason]

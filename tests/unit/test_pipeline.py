@@ -7,7 +7,6 @@ against Redis in tests/integration.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -16,106 +15,19 @@ import pytest
 from stream.cache import digest
 from stream.contracts import (
     Forecast,
+    Record,
     Source,
-    SourceMessage,
-    Tick,
-    Window,
     dead_letter_headers,
     encode_forecast,
     encode_tick,
 )
 from stream.errors import ModelError
 from stream.pipeline import Pipeline
-from stream.windows import OUTCOMES, WindowBatch
+from stream.windows import OUTCOMES
+from tests.fakes import FakeCache, FakeModel, FakeStore, W
 
-W = 3
 MAX = 65_536
 F64 = npt.NDArray[np.float64]
-
-
-class FakeStore:
-    """Windows of W prices per symbol; a redelivered offset gets its first window back."""
-
-    def __init__(self) -> None:
-        self.prices: dict[str, list[float]] = {}
-        self.last: dict[str, tuple[int, int]] = {}  # symbol -> (offset, ts)
-        self.seen: dict[tuple[int, int], np.ndarray | None] = {}
-        self.calls = 0
-
-    def append_batch(self, ticks: Sequence[Tick]) -> WindowBatch:
-        self.calls += 1
-        counts = dict.fromkeys(OUTCOMES, 0)
-        windows: list[Window] = []
-        rejected: list[tuple[Tick, str]] = []
-        for t in ticks:
-            pos = (t.partition, t.offset)
-            if pos in self.seen:
-                counts["replayed"] += 1
-                prior = self.seen[pos]
-                if prior is not None:
-                    windows.append(Window(t, prior, replayed=True))
-                continue
-            last = self.last.get(t.symbol)
-            if last is not None and t.ts <= last[1]:
-                verdict = "late" if t.ts < last[1] else "duplicate"
-                counts[verdict] += 1
-                rejected.append((t, verdict))
-                continue
-            series = self.prices.setdefault(t.symbol, [])
-            series.append(t.price)
-            self.last[t.symbol] = (t.offset, t.ts)
-            counts["processed"] += 1
-            window = np.array(series[-W:]) if len(series) >= W else None
-            self.seen[pos] = window
-            if window is None:
-                counts["warming"] += 1
-            else:
-                windows.append(Window(t, window, replayed=False))
-        return WindowBatch(windows, rejected, counts)
-
-
-class FakeCache:
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-        self.gets: list[list[str]] = []
-        self.puts: list[list[str]] = []
-
-    def get_many(self, digests: Sequence[str], model_version: str) -> list[F64 | None]:
-        assert model_version == FakeModel.version
-        self.gets.append(list(digests))
-        return [
-            np.frombuffer(self.data[d], dtype=np.float64) if d in self.data else None
-            for d in digests
-        ]
-
-    def put_many(self, items: Sequence[tuple[str, F64]], model_version: str) -> None:
-        assert model_version == FakeModel.version
-        self.puts.append([d for d, _ in items])
-        for d, outputs in items:
-            self.data[d] = outputs.tobytes()
-
-
-class FakeModel:
-    """Quantiles of the next log return: the mean of the window's log returns -/+ 0.01."""
-
-    version = "m1"
-    horizon = 1
-    quantiles = (0.1, 0.5, 0.9)
-    interval = 0.8
-
-    def __init__(self) -> None:
-        self.batches: list[F64] = []
-        self.poison: set[float] = set()  # windows ending at one of these prices give NaN
-        self.drop_row = False
-
-    def predict_batch(self, windows: F64) -> F64:
-        self.batches.append(windows.copy())
-        mid = np.diff(np.log(windows), axis=1).mean(axis=1)
-        out = np.stack([mid - 0.01, mid, mid + 0.01], axis=1)
-        for i, w in enumerate(windows):
-            if w[-1] in self.poison:
-                out[i, 1] = np.nan
-        return out[:-1] if self.drop_row else out
 
 
 @pytest.fixture
@@ -137,12 +49,12 @@ def pipeline(
     )
 
 
-def msg(offset: int, price: float, ts: int | None = None, symbol: str = "A") -> SourceMessage:
+def msg(offset: int, price: float, ts: int | None = None, symbol: str = "A") -> Record:
     value = encode_tick(symbol, price, 1000 + offset if ts is None else ts)
-    return SourceMessage(value, symbol.encode(), "ticks", 0, offset)
+    return Record("ticks", 0, offset, symbol.encode(), value)
 
 
-def feed(n: int, symbol: str = "A", start: int = 0) -> list[SourceMessage]:
+def feed(n: int, symbol: str = "A", start: int = 0) -> list[Record]:
     return [msg(o, 100.0 + o, symbol=symbol) for o in range(start, start + n)]
 
 
@@ -272,11 +184,11 @@ def test_dead_letters_carry_the_original_bytes(
     parts: tuple[FakeStore, FakeCache, FakeModel],
 ) -> None:
     late = msg(3, 1.0, ts=999)
-    junk = SourceMessage(b"\x00junk", b"A", "ticks", 0, 4)
+    junk = Record("ticks", 0, 4, b"A", b"\x00junk")
     result = pipeline(parts).process([*feed(3), late, junk], MAX)
     assert [(r.reason, r.offset) for r in result.dead_letters] == [("not_json", 4), ("late", 3)]
     by_reason = {r.reason: r for r in result.dead_letters}
-    assert by_reason["late"].value == late.value() and by_reason["late"].key == b"A"
+    assert by_reason["late"].value == late.value and by_reason["late"].key == b"A"
     assert by_reason["not_json"].value == b"\x00junk"
     assert dict(dead_letter_headers(by_reason["late"]))["source.offset"] == b"3"
     assert result.counts["invalid"] == 1 and result.counts["late"] == 1

@@ -1,0 +1,423 @@
+"""The commit order of tickcast, written down once: the Checkpoint owns the offsets of the batches
+in flight, their delivery reports, and when (and whether) their input offsets are committed.
+
+A batch enters with `open(records)` before any of its work is done, so the checkpoint knows every
+batch the loop holds, in order, from the first Redis call to the commit. Then:
+
+At-least-once (`AtLeastOnce`), after quix-streams' checkpointing:
+    1. `publish`: produce the batch's forecasts and dead letters; its latch counts them.
+    2. `settle`: serve delivery reports; every batch, oldest first, that is wholly acknowledged
+       becomes delivered (its offsets are due to commit); a batch that is not stops the walk, so
+       nothing is ever committed past a batch that is not delivered.
+    3. Delivered offsets are committed asynchronously every `commit_interval_s` (or after
+       `max_batch` delivered ticks); offsets are cumulative, so a lost async commit is superseded
+       by the next. Revoke and close commit synchronously.
+    A delivery failure rewinds: the consumer seeks back to the first offsets of the failed batch
+    and of every batch opened after it, all of which are dropped (`Batch.dropped`); the window
+    store and the cache make their repeat identical.
+
+Exactly-once (`Transactional`), linear as in confluent-kafka's `examples/eos_transactions.py`:
+    begin -> produce -> send the input offsets to the transaction -> commit. An abortable error
+    aborts and rewinds to the batch's first offsets; a fatal one (the producer fenced or broken)
+    renews the producer and rewinds to the group's committed offsets; the process goes on.
+
+Rebalance: `revoke` finishes what can be finished (deliver, commit synchronously) and forgets the
+partitions; `lost` drops their batches without committing (another member owns them now).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from stream.contracts import Record, dead_letter_headers, encode_forecast, forecast_headers
+from stream.errors import KafkaFailure
+from stream.kafka import DeliveryLatch, Offsets, Partition
+from stream.pipeline import BatchResult
+
+log = logging.getLogger(__name__)
+
+
+class SourceLike(Protocol):
+    """The consumer as the checkpoint uses it (stream.kafka.Source)."""
+
+    on_commit: Callable[[Offsets, str | None], None]
+
+    def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool) -> None: ...
+    def committed(self, partitions: list[Partition], timeout: float = ...) -> Offsets: ...
+    def seek(self, offsets: Mapping[Partition, int]) -> None: ...
+    def group_metadata(self) -> object: ...
+
+
+class SinkLike(Protocol):
+    """The producer as the checkpoint uses it (stream.kafka.Sink)."""
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = ...,
+        on_delivery: Callable[..., None] | None = ...,
+    ) -> None: ...
+    def poll(self, timeout: float = ...) -> None: ...
+    def flush(self, timeout: float) -> int: ...
+    def begin(self) -> None: ...
+    def transaction(
+        self, offsets: Mapping[Partition, int], group_metadata: object, timeout: float
+    ) -> None: ...
+    def abort(self, timeout: float) -> None: ...
+    def renew(self) -> None: ...
+
+
+@dataclass(eq=False)
+class Batch:
+    """One consumed batch, from `open` until it is committed or dropped."""
+
+    records: list[Record]
+    #: partition -> first offset in the batch (where a rewind reads again from)
+    first: Offsets
+    #: partition -> one past the last offset (what a commit of this batch writes)
+    next: Offsets
+    latch: DeliveryLatch = field(default_factory=DeliveryLatch)
+    output: BatchResult | None = None
+    #: rewound or lost: its work must not be published nor committed
+    dropped: bool = False
+    #: perf_counter at open, for the batch-time metric
+    opened_at: float = field(default_factory=time.perf_counter)
+
+
+def open_batch(records: Sequence[Record]) -> Batch:
+    first: Offsets = {}
+    nxt: Offsets = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        first.setdefault(key, r.offset)
+        if r.offset + 1 > nxt.get(key, -1):
+            nxt[key] = r.offset + 1
+    return Batch(list(records), first, nxt)
+
+
+@dataclass(frozen=True)
+class Topics:
+    forecasts: str
+    dead_letter: str
+
+
+class Checkpoint(ABC):
+    """The batches in flight and the commit order; see the module docstring."""
+
+    def __init__(self, source: SourceLike, sink: SinkLike, topics: Topics) -> None:
+        self.source = source
+        self.sink = sink
+        self.topics = topics
+        #: opened, not yet done or dropped, oldest first
+        self.open: deque[Batch] = deque()
+        #: partition -> next offset the group has committed (as far as this member knows)
+        self.committed: Offsets = {}
+        #: count of rewinds, for tests and metrics
+        self.rewinds = 0
+        #: dead letters the broker refused for good (counted and skipped)
+        self.on_undeliverable: Callable[[str], None] = lambda what: None
+
+    # ------------------------------------------------------------ the batch's life
+
+    def open_batch(self, records: Sequence[Record]) -> Batch:
+        batch = open_batch(records)
+        self.open.append(batch)
+        return batch
+
+    @abstractmethod
+    def publish(self, batch: Batch, output: BatchResult) -> None:
+        """Hand a computed batch's output to Kafka (the batch must be the oldest unpublished)."""
+
+    @abstractmethod
+    def settle(self, wait: bool = False) -> list[Batch]:
+        """Serve delivery reports and commit what is due; the batches done since the last call."""
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.open)
+
+    # ------------------------------------------------------------ rebalance and stop
+
+    def assigned(self, committed: Mapping[Partition, int]) -> None:
+        self.committed.update(committed)
+
+    def revoke(self, partitions: list[Partition], timeout_s: float) -> None:
+        """Deliver and commit what can be within `timeout_s`, then forget `partitions`."""
+        self.finish(timeout_s)
+        self._forget(partitions)
+
+    def lost(self, partitions: list[Partition]) -> None:
+        """Drop every batch without committing: another member redoes them."""
+        for batch in self.open:
+            batch.dropped = True
+        self.open.clear()
+        self._forget(partitions)
+
+    def close(self, timeout_s: float) -> bool:
+        """Deliver and commit what can be within `timeout_s`; True if nothing was left undone."""
+        return self.finish(timeout_s)
+
+    @abstractmethod
+    def finish(self, timeout_s: float) -> bool:
+        """Deliver and commit every published batch within `timeout_s`; drop the rest."""
+
+    def _forget(self, partitions: list[Partition]) -> None:
+        for p in partitions:
+            self.committed.pop(p, None)
+
+    # ------------------------------------------------------------ shared steps
+
+    def _produce(self, batch: Batch, output: BatchResult) -> None:
+        """Produce a batch's forecasts and dead letters, each counted on its latch."""
+        latch = batch.latch
+        sink = self.sink
+        topic = self.topics.forecasts
+        latch.sent(len(output.forecasts) + len(output.dead_letters))
+        for f in output.forecasts:
+            sink.produce(
+                topic, f.symbol.encode(), encode_forecast(f), forecast_headers(f), latch.on_delivery
+            )
+        for r in output.dead_letters:
+            try:
+                sink.produce(
+                    self.topics.dead_letter,
+                    r.key,
+                    r.value,
+                    dead_letter_headers(r),
+                    latch.on_dead_letter,
+                )
+            except KafkaFailure as exc:
+                if exc.retriable or exc.fatal:
+                    raise
+                # The client itself refuses it (over its message.max.bytes): it never will take it.
+                what = f"source-offset={r.offset} error={exc.code}"
+                latch.unsent(what)
+                log.error(
+                    'dead letter not deliverable, skipped reason=%s partition="%s[%d]" offset=%d: %s',
+                    r.reason,
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    exc,
+                )
+
+    def _rewind(self, batches: Sequence[Batch], why: str) -> None:
+        """Drop `batches` and read their records again from their first offsets."""
+        start: Offsets = {}
+        for batch in batches:
+            batch.dropped = True
+            for p, o in batch.first.items():
+                start.setdefault(p, o)
+        self._seek(start, why)
+
+    def _seek(self, start: Offsets, why: str) -> None:
+        self.rewinds += 1
+        log.warning(
+            "rewinding to %s: %s",
+            ",".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(start.items())) or "-",
+            why,
+        )
+        self.source.seek(start)
+
+
+class AtLeastOnce(Checkpoint):
+    def __init__(
+        self,
+        source: SourceLike,
+        sink: SinkLike,
+        topics: Topics,
+        *,
+        commit_interval_s: float = 0.1,
+        commit_after: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(source, sink, topics)
+        self.commit_interval_s = commit_interval_s
+        self.commit_after = commit_after
+        self.clock = clock
+        #: partition -> next offset whose output is delivered (committed, or due to be)
+        self.delivered: Offsets = {}
+        #: published batches, oldest first, awaiting delivery reports
+        self._published: deque[Batch] = deque()
+        self._uncommitted = 0
+        self._last_commit = clock()
+        self._done: list[Batch] = []
+        source.on_commit = self._committed_async
+
+    def publish(self, batch: Batch, output: BatchResult) -> None:
+        if batch.dropped:
+            return
+        batch.output = output
+        self._produce(batch, output)
+        self._published.append(batch)
+        self.sink.poll(0)
+
+    def settle(self, wait: bool = False) -> list[Batch]:
+        self.sink.poll(0.01 if wait else 0.0)
+        self._take_acknowledged()
+        self._commit_if_due()
+        done, self._done = self._done, []
+        return done
+
+    def _take_acknowledged(self) -> None:
+        """Oldest first, every wholly acknowledged batch becomes delivered; a failed one rewinds."""
+        while self._published and self._published[0].latch.pending == 0:
+            batch = self._published.popleft()
+            if batch.latch.error is not None:
+                # Every batch after it is redone too: none may be committed past the failed one.
+                failed = list(self.open)
+                self.open.clear()
+                self._published.clear()
+                self._rewind(failed, f"delivery failed: {batch.latch.error}")
+                return
+            self.open.remove(batch)
+            self.delivered.update(batch.next)
+            self._uncommitted += len(batch.records)
+            self._done.append(batch)
+
+    def _commit_if_due(self) -> None:
+        """Commit the delivered offsets every commit_interval_s, or sooner after commit_after
+        ticks. Each commit is a write to the broker's offsets topic; one per small batch (hundreds
+        a second at a light load) cost the broker more CPU than the ticks themselves."""
+        if not self._uncommitted:
+            return
+        now = self.clock()
+        if now - self._last_commit < self.commit_interval_s and (
+            self._uncommitted < self.commit_after
+        ):
+            return
+        due = {p: o for p, o in self.delivered.items() if self.committed.get(p) != o}
+        if due:
+            self.source.commit(due, asynchronous=True)
+        self._uncommitted = 0
+        self._last_commit = now
+
+    def _committed_async(self, offsets: Offsets, error: str | None) -> None:
+        if error is not None:
+            # The next commit carries these offsets too; do not stop.
+            log.warning("offset commit failed: %s", error)
+            return
+        for p, o in offsets.items():
+            if p in self.delivered:
+                self.committed[p] = max(o, self.committed.get(p, -1))
+
+    def finish(self, timeout_s: float) -> bool:
+        left = self.sink.flush(timeout_s) if self._published else 0
+        self._take_acknowledged()
+        complete = not left and not self._published and not self.open
+        if not complete:
+            log.warning(
+                "%d batches not acknowledged in %.1f s; left uncommitted (they will be redone)",
+                len(self.open),
+                timeout_s,
+            )
+            for batch in self.open:
+                batch.dropped = True
+            self.open.clear()
+            self._published.clear()
+        return self._commit_now() and complete
+
+    def _commit_now(self) -> bool:
+        due = {p: o for p, o in self.delivered.items() if self.committed.get(p) != o}
+        if not due:
+            return True
+        try:
+            self.source.commit(due, asynchronous=False)
+        except KafkaFailure as exc:
+            log.warning("offset commit failed: %s", exc)
+            return False
+        self.committed.update(due)
+        self._uncommitted = 0
+        return True
+
+    def _forget(self, partitions: list[Partition]) -> None:
+        super()._forget(partitions)
+        for p in partitions:
+            self.delivered.pop(p, None)
+
+    def lost(self, partitions: list[Partition]) -> None:
+        self._published.clear()
+        super().lost(partitions)
+
+
+class Transactional(Checkpoint):
+    def __init__(
+        self, source: SourceLike, sink: SinkLike, topics: Topics, *, timeout_s: float = 30.0
+    ) -> None:
+        super().__init__(source, sink, topics)
+        self.timeout_s = timeout_s
+        self._done: list[Batch] = []
+
+    def publish(self, batch: Batch, output: BatchResult) -> None:
+        """The batch's output and its input offsets in one transaction, committed before the next
+        batch is consumed. On failure the batch (and any opened after it) is dropped and rewound."""
+        if batch.dropped:
+            return
+        batch.output = output
+        try:
+            self.sink.begin()
+            self._produce(batch, output)
+            # commit_transaction flushes too; flushing first lets a delivery error abort the
+            # transaction here instead of surfacing as a commit error.
+            if self.sink.flush(self.timeout_s):
+                raise KafkaFailure("delivery timed out", "timed_out", abortable=True)
+            if batch.latch.error is not None:
+                raise KafkaFailure(
+                    f"delivery failed: {batch.latch.error}", "delivery", abortable=True
+                )
+            self.sink.transaction(batch.next, self.source.group_metadata(), self.timeout_s)
+        except KafkaFailure as exc:
+            self._recover(exc)
+            return
+        self.open.remove(batch)
+        self.committed.update(batch.next)
+        self._done.append(batch)
+
+    def _recover(self, exc: KafkaFailure) -> None:
+        failed = list(self.open)
+        self.open.clear()
+        for batch in failed:
+            batch.dropped = True
+        if not exc.fatal:
+            try:
+                self.sink.abort(self.timeout_s)
+            except KafkaFailure as abort_exc:
+                if not abort_exc.fatal:
+                    raise
+                exc = abort_exc
+        if exc.fatal:
+            # The producer cannot be used again: a new one (init_transactions fences and aborts
+            # what the old one left open), and the consumer back to what the group committed.
+            log.error("producer failed fatally, replacing it: %s", exc)
+            self.sink.renew()
+            parts = sorted({p for b in failed for p in b.first})
+            committed = self.source.committed(parts) if parts else {}
+            self.committed.update(committed)
+            start = {
+                p: committed.get(p, min(b.first[p] for b in failed if p in b.first)) for p in parts
+            }
+            self._seek(start, str(exc))
+            return
+        self._rewind(failed, str(exc))
+
+    def settle(self, wait: bool = False) -> list[Batch]:
+        self.sink.poll(0)
+        done, self._done = self._done, []
+        return done
+
+    def finish(self, timeout_s: float) -> bool:
+        # Each batch's transaction commits in `publish`; an opened batch that never got there is
+        # simply not committed (it will be redone).
+        complete = not self.open
+        for batch in self.open:
+            batch.dropped = True
+        self.open.clear()
+        return complete
