@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import urllib.error
 import urllib.request
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -119,3 +121,52 @@ def test_endpoints_report_health_and_readiness_reasons() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _get_with(port: int, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    with urllib.request.urlopen(request, timeout=5) as r:
+        return r.status, dict(r.headers), r.read()
+
+
+def test_metrics_endpoint_is_prometheus_clients_exposition() -> None:
+    """What the library's handler adds over the plain text: OpenMetrics when the scraper asks for
+    it (Prometheus does), gzip when it accepts it, and `name[]` filters."""
+    m, h = Metrics(CollectorRegistry()), Health()
+    m.ticks.labels(outcome="processed").inc(2)
+    server = serve(m, h, "127.0.0.1", 0)
+    port = server.server_address[1]
+    try:
+        status, headers, body = _get_with(port, "/metrics", {})
+        assert status == 200 and headers["Content-Type"].startswith("text/plain")
+        assert 'tickcast_ticks_total{outcome="processed"} 2.0' in body.decode()
+
+        _, headers, body = _get_with(
+            port, "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
+        assert headers["Content-Type"].startswith("application/openmetrics-text")
+        assert body.decode().endswith("# EOF\n")
+
+        _, headers, body = _get_with(port, "/metrics", {"Accept-Encoding": "gzip"})
+        assert headers["Content-Encoding"] == "gzip"
+        assert b"tickcast_ticks_total" in gzip.decompress(body)
+
+        _, _, body = _get_with(port, "/metrics?name[]=tickcast_ticks_total", {})
+        text = body.decode()
+        assert "tickcast_ticks_total" in text and "tickcast_forecasts_total" not in text
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_endpoints_write_no_access_log(capfd: pytest.CaptureFixture[str]) -> None:
+    server = serve(Metrics(CollectorRegistry()), Health(), "127.0.0.1", 0)
+    port = server.server_address[1]
+    try:
+        for path in ("/metrics", "/healthz", "/readyz", "/nope"):
+            _get(port, path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
