@@ -24,20 +24,12 @@ def test_every_command_has_help(command: str) -> None:
     assert "usage: tickcast" in proc.stdout
 
 
-def test_service_modules_do_not_import_tensorflow() -> None:
+@pytest.mark.parametrize("package", ["tensorflow", "tools"])  # training stack, development tools
+def test_service_modules_do_not_import(package: str) -> None:
     code = (
         "import sys, stream.cli, stream.service, stream.commands.run, stream.commands.replay;"
         "stream.cli.build_parser(only='run');"
-        "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
-    )
-    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
-
-
-def test_the_service_does_not_import_the_development_tools() -> None:
-    code = (
-        "import sys, stream.cli, stream.service, stream.commands.run;"
-        "stream.cli.build_parser(only='run');"
-        "sys.exit(1 if 'tools' in sys.modules else 0)"
+        f"sys.exit(1 if {package!r} in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
