@@ -98,6 +98,9 @@ class WindowSettings(_Section):
     late_policy: Literal["dead_letter", "drop"] = "dead_letter"
     #: after Redis lost state, at most this many committed ticks per partition are read back
     rebuild_max_ticks: int = Field(default=200_000, ge=0)
+    #: A tick whose event time is more than this ahead of the consumer's clock is `future`, a bad
+    #: input (accepted, one tick far ahead would make every later tick of its symbol `late`).
+    max_future_ms: int = Field(default=86_400_000, ge=0)
 
 
 class CacheSettings(_Section):
@@ -118,12 +121,22 @@ class ProcessingSettings(_Section):
     max_batch: int = Field(default=1000, ge=1, le=100_000)
     poll_timeout_s: float = Field(default=0.2, gt=0, le=1.0)
     max_message_bytes: int = Field(default=65_536, ge=64, le=10_485_760)
+    #: A dead letter's value is cut to this many bytes (headers error.truncated, source.sha256).
+    #: 0: what the broker accepts for the dead-letter topic, less room for key and headers.
+    dead_letter_max_bytes: int = Field(default=0, ge=0, le=2**31 - 1)
     #: at-least-once batches published and awaiting delivery reports while the next is processed
     max_in_flight: int = Field(default=2, ge=1, le=16)
     #: delivered offsets are committed this often (or once max_batch ticks await a commit)
     commit_interval_s: float = Field(default=0.1, gt=0, le=10)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     redis_retry_max_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("dead_letter_max_bytes")
+    @classmethod
+    def _room_to_read(cls, size: int) -> int:
+        if 0 < size < 1024:
+            raise ValueError("must be 0 (derived from the broker) or at least 1024")
+        return size
 
 
 class MetricsSettings(_Section):

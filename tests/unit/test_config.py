@@ -92,3 +92,41 @@ def test_cli_exits_2_with_one_line_naming_the_key(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "window.sise" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_future_bound_and_dead_letter_size_defaults_from_the_shipped_file() -> None:
+    s = config.load(ROOT / "config.toml", environ={})
+    assert s.window.max_future_ms == 86_400_000  # one day
+    assert s.processing.dead_letter_max_bytes == 0  # derived from the broker
+    assert config.Settings().window.max_future_ms == 86_400_000  # without a file too
+    assert config.Settings().processing.dead_letter_max_bytes == 0
+
+
+def test_future_bound_and_dead_letter_size_from_the_environment() -> None:
+    env = {
+        "TICKCAST_WINDOW__MAX_FUTURE_MS": "60000",
+        "TICKCAST_PROCESSING__DEAD_LETTER_MAX_BYTES": "1048576",
+    }
+    s = config.load(ROOT / "config.toml", environ=env)
+    assert s.window.max_future_ms == 60_000
+    assert s.processing.dead_letter_max_bytes == 1_048_576
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TICKCAST_WINDOW__MAX_FUTURE_MS": "-1"}, "window.max_future_ms"),
+        ({"TICKCAST_WINDOW__MAX_FUTURE_MS": "1.5"}, "window.max_future_ms"),
+        ({"TICKCAST_WINDOW__MAX_FUTURE_MS": "soon"}, "window.max_future_ms"),
+        ({"TICKCAST_PROCESSING__DEAD_LETTER_MAX_BYTES": "-1"}, "processing.dead_letter_max_bytes"),
+        ({"TICKCAST_PROCESSING__DEAD_LETTER_MAX_BYTES": "100"}, "processing.dead_letter_max_bytes"),
+        ({"TICKCAST_PROCESSING__DEAD_LETTER_MAX_BYTES": "1MB"}, "processing.dead_letter_max_bytes"),
+    ],
+)
+def test_bad_future_bound_or_dead_letter_size_names_the_key(
+    env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load(ROOT / "config.toml", environ=env)
+    assert named in str(err.value)
+    assert "unknown key" not in str(err.value)
