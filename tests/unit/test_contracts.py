@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from stream.contracts import (
+    DEAD_LETTER_KEY_MAX_BYTES,
     REASONS,
     TS_LIMIT,
     Forecast,
@@ -383,3 +386,198 @@ def test_fast_path_agrees_with_the_checks_on_every_combination_of_edge_values() 
             assert [r.reason for r in rejected] == [bad.reason], obj
         else:
             assert [(t.symbol, t.price, t.ts) for t in ticks] == [expected], obj
+
+
+# Issue 15: decoding is total, and what it rejects it names as the contract says.
+
+NESTED_IGNORED = b'{"symbol":"A","price":1.5,"ts":1,"x":' + b"[" * 1000 + b"]" * 1000 + b"}"
+
+
+def test_a_deeply_nested_ignored_field_does_not_raise() -> None:
+    # ~2 KB; raised RecursionError out of decode_batch (msgspec descends on the C stack).
+    out = decode_one(NESTED_IGNORED)
+    assert out == Tick("A", 1.5, 1, 3, 42)  # 1,001 levels: within the limit, extras are ignored
+
+
+TICK_HEAD = b'{"symbol":"A","price":1.5,"ts":1,"x":'
+
+
+@pytest.mark.parametrize("levels", [1024, 1025, 5_000, 100_000])
+@pytest.mark.parametrize(
+    ("shape", "make"),
+    [
+        ("lists in a tick", lambda n: TICK_HEAD + b"[" * (n - 1) + b"]" * (n - 1) + b"}"),
+        ("objects in a tick", lambda n: TICK_HEAD + b'{"k":' * (n - 1) + b"1" + b"}" * n),
+        ("bare lists", lambda n: b"[" * n + b"]" * n),
+        ("never closed", lambda n: TICK_HEAD + b"[" * (n - 1)),
+    ],
+)
+def test_nesting_is_limited_to_1024_levels_whatever_the_stack(
+    shape: str, make: Callable[[int], bytes], levels: int
+) -> None:
+    out = decode_one(make(levels), max_bytes=10**7)
+    if levels <= 1024:
+        expected = {"bare lists": "not_object", "never closed": "not_json"}.get(shape)
+        if expected is None:
+            assert out == Tick("A", 1.5, 1, 3, 42)
+        else:
+            assert isinstance(out, Rejected) and out.reason == expected
+            assert "nesting" not in out.detail
+    else:
+        assert isinstance(out, Rejected) and out.reason == "not_json"
+        if shape != "never closed":  # truncated: orjson may stop for another reason first
+            assert "nesting deeper than 1024 levels" in out.detail
+
+
+def test_the_depth_limit_holds_with_a_deep_stack_or_a_raised_recursion_limit() -> None:
+    import sys
+
+    value = TICK_HEAD + b"[" * 999 + b"]" * 999 + b"}"  # 1,000 levels
+
+    def at_depth(n: int) -> Tick | Rejected:
+        return decode_one(value) if n == 0 else at_depth(n - 1)
+
+    assert at_depth(900) == Tick("A", 1.5, 1, 3, 42)
+    too_deep = TICK_HEAD + b"[" * 2000 + b"]" * 2000 + b"}"
+    saved = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        assert reason(too_deep, max_bytes=10**7) == "not_json"
+    finally:
+        sys.setrecursionlimit(saved)
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        (b'{"symbol":"F0008","price":1303.6521,"ts":948715200000,"note":"caf\xe9"}', None),
+        (b'{"symbol":"F0008","price":1303.6521,"ts":948715200000,"note":"caf\xe9"}', b"F0008"),
+        (b'{"symbol":"F0008","price":1303.6521,"ts":948715200000,"caf\xe9":1}', None),
+        (b'{"symbol":"F0008","price":1303.6521,"ts":948715200000,"x":["\xed\xa0\x80"]}', None),
+        (b'{"symbol":"F0008","price":1303.6521,"ts":948715200000,"x":{"y":"\xc3"}}', None),
+        (b'{"symbol":"F0008","price":1303.6521,"ts":948715200000}', b"F\xe9"),
+        (b'{"symbol":"F0008","price":1303.6521,"ts":948715200000}', b"\xff"),
+        (b'{"symbol":"F0008","price":1303.6521,"ts":948715200000}', b"\xed\xa0\x80"),
+        (b'{"symbol":"F0008","price":"x","ts":948715200000}', b"\xff"),  # the key is read first
+        (b"not json", b"\xff"),
+    ],
+)
+def test_invalid_utf8_anywhere_is_bad_utf8(value: bytes, key: bytes | None) -> None:
+    # The first two were accepted and forecast.
+    assert reason(value, key) == "bad_utf8"
+
+
+def test_the_key_is_not_read_for_a_tombstone_or_an_oversize_value() -> None:
+    assert reason(None, b"\xff") == "empty"
+    assert reason(b"{" + b" " * 200 + b"}", b"\xff", max_bytes=100) == "oversize"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"symbol":"A","price":' + b"1" * 401 + b',"ts":1}',  # was not_json
+        b'{"symbol":"A","price":-' + b"9" * 5000 + b',"ts":1}',
+        b'{"symbol":"A","price":' + b"1" * 400 + b'.5,"ts":1}',
+        b'{"symbol":"A","price":1.5e309,"ts":1}',
+        b'{"symbol":"A","price":1E+400,"ts":1}',
+        b'{"symbol":"A","price":1,"ts":' + b"1" * 401 + b"}",
+        b'{"symbol":"A","price":1,"ts":1,"x":' + b"1" * 401 + b"}",  # was accepted
+        b'{"symbol":"A","price":1,"ts":1,"x":[1e999]}',
+        b'{"symbol":"A","price":1,"ts":1,"x":-Infinity}',
+        b'{"symbol":"A","price":NaN',  # truncated after the offending number
+    ],
+)
+def test_a_number_beyond_a_double_is_not_finite(value: bytes) -> None:
+    assert reason(value) == "not_finite"
+
+
+def test_long_numbers_that_fit_a_double_are_numbers() -> None:
+    value = b'{"symbol":"A","price":1' + b"0" * 400 + b'e-400,"ts":1,"x":' + b"7" * 300 + b"}"
+    assert decode_one(value) == Tick("A", 1.0, 1, 3, 42)
+
+
+def test_the_first_problem_in_the_text_names_the_reason() -> None:
+    assert reason(b'{"symbol":"A","price":NaN,"ts":1,}') == "not_finite"
+    assert reason(b'{"symbol":"A",,"price":NaN,"ts":1}') == "not_json"
+
+
+def test_a_tick_too_far_in_the_future_is_future() -> None:
+    now = 1_714_559_400_000
+    max_ts = now + 86_400_000
+
+    def decode(ts: int, key: bytes | None = None) -> Tick | Rejected:
+        value = encode_tick("A", 1.0, ts)
+        ticks, rejected = decode_batch([Record("ticks", 0, 7, key, value)], MAX, max_ts=max_ts)
+        return [*ticks, *rejected][0]
+
+    assert isinstance(decode(max_ts), Tick)  # the bound is inclusive
+    assert isinstance(decode(-TS_LIMIT), Tick)  # the past is a replay, not an error
+    far = decode(2**52)  # made every later tick of its symbol late, forever
+    assert isinstance(far, Rejected) and far.reason == "future"
+    assert str(max_ts) in far.detail
+    assert isinstance(decode(max_ts + 1), Rejected)
+    assert decode(TS_LIMIT + 1).reason == "bad_ts"  # type: ignore[union-attr]
+    assert decode(max_ts + 1, key=b"B").reason == "future"  # type: ignore[union-attr]
+    # with extra fields (the full parser's path) too
+    value = b'{"symbol":"A","price":1.0,"ts":%d,"venue":"X"}' % (max_ts + 1)
+    [bad] = decode_batch([Record("ticks", 0, 7, None, value)], MAX, max_ts=max_ts)[1]
+    assert bad.reason == "future"
+    # without a bound (None), any representable ts is valid
+    assert decode_batch([Record("ticks", 0, 7, None, encode_tick("A", 1.0, TS_LIMIT))], MAX)[0]
+
+
+def test_a_dead_letter_larger_than_the_bound_is_truncated_with_size_and_digest() -> None:
+    import hashlib
+
+    value = b'{"symbol":"A","price":1,"ts":1,"pad":"' + b"x" * 3_000_000 + b'"}'
+    key = b"K" * 100_000
+    [bad] = decode_batch(
+        [Record("ticks", 1, 5, key, value)], 65_536, dead_letter_max_bytes=1_000_000
+    )[1]
+    assert bad.reason == "oversize"
+    assert bad.value == value[:1_000_000]
+    assert bad.original_size == len(value)
+    assert bad.sha256 == hashlib.sha256(value).hexdigest()
+    assert bad.key is not None and len(bad.key) == DEAD_LETTER_KEY_MAX_BYTES
+    assert bad.key == key[:DEAD_LETTER_KEY_MAX_BYTES]
+    headers = dict(dead_letter_headers(bad))
+    assert headers["error.truncated"] == str(len(value)).encode()
+    assert headers["source.sha256"] == hashlib.sha256(value).hexdigest().encode()
+    assert headers["error.key_truncated"] == b"100000"
+    assert headers["error"] == b"oversize"
+    assert len(headers["error.detail"]) < 160
+
+
+def test_a_dead_letter_within_the_bound_is_kept_whole() -> None:
+    value = b'{"symbol":"A","price":1,"ts":1,"pad":"' + b"x" * 500 + b'"}'
+    for bound in (len(value), None):
+        [bad] = decode_batch(
+            [Record("ticks", 1, 5, b"A", value)], 100, dead_letter_max_bytes=bound
+        )[1]
+        assert (bad.value, bad.key, bad.original_size, bad.sha256) == (value, b"A", None, None)
+        names = [name for name, _ in dead_letter_headers(bad)]
+        assert "error.truncated" not in names and "source.sha256" not in names
+
+
+def test_rejected_can_be_truncated_after_the_fact() -> None:
+    r = Rejected("late", "older than the last tick", b"0123456789", b"A", "ticks", 0, 1)
+    assert r.truncated(100) is r
+    t = r.truncated(4)
+    assert (t.value, t.original_size, t.reason, t.offset) == (b"0123", 10, "late", 1)
+    assert t.truncated(4) is t  # idempotent: the original size and digest stay
+
+
+def test_every_detail_is_short_and_every_header_encodes() -> None:
+    values = [
+        b"\xff" * 10_000,
+        b'{"symbol":"' + "é".encode() * 10_000 + b'","price":1,"ts":1}',
+        b'{"symbol":"A","price":' + b"9" * 100_000 + b',"ts":1}',
+        b'{"symbol":"A","price":1,"ts":1,"x":"\\ud800"}',
+        b"[" * 100_000,
+    ]
+    for value in values:
+        for key in (None, b"B" * 100_000, b"\xff" * 100):
+            [bad] = decode_batch([Record("ticks", 0, 0, key, value)], 10**7)[1]
+            assert len(bad.detail) < 160, bad.detail
+            for _, header in dead_letter_headers(bad):
+                assert isinstance(header, bytes)
