@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.contracts import (
@@ -30,6 +31,7 @@ from stream.contracts import (
 )
 
 MAX = 65_536
+_SYMBOL_RE = re.compile(r"[A-Za-z0-9._:/-]{1,32}")
 
 
 def decode_one(
@@ -581,3 +583,183 @@ def test_every_detail_is_short_and_every_header_encodes() -> None:
             assert len(bad.detail) < 160, bad.detail
             for _, header in dead_letter_headers(bad):
                 assert isinstance(header, bytes)
+
+
+# Property: decode_batch is total. Any bytes, keys and structured near-misses of JSON come out as
+# exactly one Tick or one Rejected each, with a reason from REASONS, whatever the batch.
+
+_WS = st.sampled_from([b"", b" ", b"\n", b"\t ", b"\r\n"])
+_BAD_UTF8 = st.sampled_from(
+    [
+        b"\xff",
+        b"\xfe",
+        b"\x80",
+        b"\xc3",
+        b"\xe2\x82",
+        b"\xc0\xaf",
+        b"\xed\xa0\x80",
+        b"\xf4\x90\x80\x80",
+    ]
+)
+_big_digits = st.integers(min_value=300, max_value=3_000).map(lambda n: b"9" * n)
+_numbers = st.one_of(
+    st.integers().map(lambda i: str(i).encode()),
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: repr(f).encode()),
+    st.tuples(st.sampled_from([b"", b"-"]), _big_digits, st.sampled_from([b"", b".5", b"e-9999"])).map(
+        b"".join
+    ),
+    st.tuples(st.integers(1, 9), st.integers(-2_000, 2_000)).map(lambda t: b"%de%d" % t),
+    st.sampled_from([b"NaN", b"-NaN", b"Infinity", b"-Infinity", b"1e309", b"-0", b"01", b"1.", b".5", b"+1", b"0x1F", b"1e", b"-"]),
+)  # fmt: skip
+_strings = st.one_of(
+    st.text(max_size=20).map(lambda s: orjson.dumps(s)),
+    st.binary(max_size=20).map(lambda b: b'"' + b.replace(b'"', b"").replace(b"\\", b"") + b'"'),
+    st.tuples(st.text(max_size=5).map(orjson.dumps), _BAD_UTF8).map(lambda t: t[0][:-1] + t[1] + b'"'),
+    st.sampled_from([b'"\\ud800"', b'"\\udc00\\ud800"', b'"\\ud83d\\ude00"', b'"\\u0000"', b'"\\x41"', b'"\xed\xa0\x80"']),
+)  # fmt: skip
+_leaves = st.one_of(st.sampled_from([b"null", b"true", b"false"]), _numbers, _strings)
+
+
+def _join_list(items: list[bytes]) -> bytes:
+    return b"[" + b",".join(items) + b"]"
+
+
+def _join_object(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    return b"{" + b",".join(k + b":" + v for k, v in pairs) + b"}"
+
+
+_json_near_misses = st.recursive(
+    _leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(_join_list),
+        st.lists(st.tuples(_strings, inner), max_size=4).map(_join_object),
+    ),
+    max_leaves=12,
+)
+_deep = st.tuples(
+    st.integers(min_value=1, max_value=3_000), st.sampled_from([(b"[", b"]"), (b'{"a":', b"}")])
+).map(lambda t: t[1][0] * t[0] + b"0" + t[1][1] * t[0])
+
+
+@st.composite
+def _tick_like(draw: st.DrawFn) -> bytes:
+    """A tick's three fields (each valid or a near miss), maybe an extra one, in any order."""
+    symbol = draw(st.one_of(symbols.map(lambda s: orjson.dumps(s)), _strings, _leaves))
+    price = draw(st.one_of(prices.map(lambda p: repr(p).encode()), _numbers, _leaves))
+    ts = draw(st.one_of(timestamps.map(lambda t: str(t).encode()), _numbers, _leaves))
+    fields = [(b'"symbol"', symbol), (b'"price"', price), (b'"ts"', ts)]
+    fields = draw(st.lists(st.sampled_from(fields), max_size=4, unique=True))
+    extra = draw(st.one_of(st.none(), _json_near_misses, _deep))
+    if extra is not None:
+        fields.insert(draw(st.integers(0, len(fields))), (draw(_strings), extra))
+    ws = draw(_WS)
+    body = _join_object(fields).replace(b",", b"," + ws)
+    return (
+        draw(st.sampled_from([b"", b" "])) + body + draw(st.sampled_from([b"", b"\n", b" x", b"}"]))
+    )
+
+
+@st.composite
+def _mutated_tick(draw: st.DrawFn) -> bytes:
+    """A valid tick, then truncated, or with bytes flipped, inserted or deleted."""
+    value = encode_tick(draw(symbols), draw(prices), draw(timestamps))
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.integers(0, len(value)))
+        op = draw(st.sampled_from(["cut", "flip", "insert", "delete"]))
+        if op == "cut":
+            value = value[:i]
+        elif op == "flip" and i < len(value):
+            value = value[:i] + bytes([draw(st.integers(0, 255))]) + value[i + 1 :]
+        elif op == "insert":
+            value = (
+                value[:i] + draw(st.one_of(_BAD_UTF8, _leaves, st.binary(max_size=3))) + value[i:]
+            )
+        else:
+            value = value[:i] + value[i + 1 :]
+    return value
+
+
+_values = st.one_of(
+    st.none(),
+    st.binary(max_size=400),
+    _json_near_misses,
+    _deep,
+    _tick_like(),
+    _mutated_tick(),
+    symbols.map(lambda s: encode_tick(s, 1.0, 1)),
+)
+_keys = st.one_of(
+    st.none(),
+    st.binary(max_size=40),
+    symbols.map(str.encode),
+    st.just(b"A"),
+    _BAD_UTF8,
+    st.binary(min_size=2_000, max_size=3_000),
+)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    batch=st.lists(st.tuples(_keys, _values), max_size=12),
+    max_bytes=st.sampled_from([64, 256, 8_192, MAX]),
+    max_ts=st.one_of(st.none(), timestamps),
+    dead_letter_max_bytes=st.one_of(st.none(), st.integers(1, 5_000)),
+)
+def test_decoding_is_total_and_every_message_comes_out_once(
+    batch: list[tuple[bytes | None, bytes | None]],
+    max_bytes: int,
+    max_ts: int | None,
+    dead_letter_max_bytes: int | None,
+) -> None:
+    records = [Record("ticks", 1, i, key, value) for i, (key, value) in enumerate(batch)]
+    options = {"max_ts": max_ts, "dead_letter_max_bytes": dead_letter_max_bytes}
+    ticks, rejected = decode_batch(records, max_bytes, **options)
+    assert sorted([t.offset for t in ticks] + [r.offset for r in rejected]) == list(
+        range(len(batch))
+    )
+    for tick in ticks:  # what is accepted keeps every promise of a Tick
+        key, value = batch[tick.offset]
+        assert value is not None and 0 < len(value) <= max_bytes and _is_utf8(value)
+        assert _SYMBOL_RE.fullmatch(tick.symbol) and key in (None, tick.symbol.encode())
+        assert 0 < tick.price < math.inf and -TS_LIMIT <= tick.ts <= TS_LIMIT
+        assert max_ts is None or tick.ts <= max_ts
+    for r in rejected:
+        key, value = batch[r.offset]
+        assert r.reason in REASONS
+        assert len(r.detail) < 160
+        assert all(isinstance(h, bytes) for _, h in dead_letter_headers(r))
+        bad_bytes = not _is_utf8(value or b"") or not _is_utf8(key or b"")
+        if value and len(value) <= max_bytes:
+            assert (r.reason == "bad_utf8") == bad_bytes, (r, key)
+        assert r.key is None or len(r.key) <= DEAD_LETTER_KEY_MAX_BYTES
+        if dead_letter_max_bytes is not None and value is not None:
+            assert r.value == value[:dead_letter_max_bytes]
+            assert (r.original_size is not None) == (len(value) > dead_letter_max_bytes)
+        else:
+            assert r.value == value
+    # Each message is judged on its own: one at a time gives the same answer.
+    for i, record in enumerate(records):
+        alone_ticks, alone_rejected = decode_batch([record], max_bytes, **options)
+        assert alone_ticks == [t for t in ticks if t.offset == i]
+        assert alone_rejected == [r for r in rejected if r.offset == i]
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.one_of(_tick_like(), _json_near_misses), bad=_BAD_UTF8, where=st.integers(0, 10**6))
+def test_invalid_utf8_anywhere_in_a_near_miss_is_bad_utf8(
+    value: bytes, bad: bytes, where: int
+) -> None:
+    i = where % (len(value) + 1)
+    assert reason(value[:i] + bad + value[i:]) == "bad_utf8"
