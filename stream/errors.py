@@ -8,7 +8,9 @@ TickcastError                   root; `tickcast` prints its message and exits no
 ├── DataError                   a CSV of prices that cannot be used (bad date, price, order)
 ├── KafkaFailure                a Kafka client call failed; carries librdkafka's error code and kind
 │   └── DeliveryError           Kafka refused a forecast or dead letter; the batch is not committed
-└── StoreUnavailable            Redis failed mid-batch; the batch is retried, never committed
+├── StoreUnavailable            Redis failed mid-batch; the batch is retried, never committed
+└── StateLost                   Redis lost the windows of some partitions (flushed, restarted
+                                empty, a cluster node restarted empty): rebuild them, then retry
 """
 
 from __future__ import annotations
@@ -71,3 +73,13 @@ class DeliveryError(KafkaFailure):
 
 class StoreUnavailable(TickcastError):
     """Redis could not be reached or timed out during a batch."""
+
+
+class StateLost(TickcastError):
+    """Redis no longer holds the window state of `partitions`: a marker the store wrote or read
+    is gone. Raised by `WindowStore.append_batch` before the batch changed anything on the node
+    that lost it; the windows are rebuilt from the topic up to the batch, then the batch retried."""
+
+    def __init__(self, partitions: list[int]) -> None:
+        super().__init__(f"redis lost the window state of partitions {partitions}")
+        self.partitions = partitions

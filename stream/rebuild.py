@@ -6,6 +6,10 @@ its committed offset has ticks the group has committed but the store does not ho
 flushed (no marker at all), or restored from an older snapshot. Those offsets, [marker + 1, committed), are read again and applied to the store in
 rebuild mode: windows are updated, nothing is published (their forecasts went out before). Ticks
 already in the store are redeliveries to it and change nothing, so a rebuild is safe to repeat.
+
+The same applies mid-run: a batch whose partition lost its marker raises StateLost
+(stream/windows.py); the loop then catches up to that batch's first offsets (exclusive) and
+retries the batch. The markers are read through the store, so it expects them from then on.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from stream.contracts import Record, Tick, decode_batch
+from stream.errors import StateLost
 from stream.kafka import Offsets, Partition
 
 log = logging.getLogger(__name__)
@@ -70,7 +75,22 @@ class Rebuilder:
         self.on_rebuilt = on_rebuilt
 
     def catch_up(self, committed: Offsets, low_watermarks: Offsets) -> int:
-        """Apply every committed-but-missing tick of `committed`'s partitions; returns how many."""
+        """Apply every missing tick below `committed`'s offsets (the group's committed offsets on
+        assignment, or a failed batch's first offsets after StateLost); returns how many.
+
+        State lost again while rebuilding (Redis flushed twice in a row) starts over, from the
+        markers as they are then; a third time in one call raises StateLost to the loop.
+        """
+        for attempt in range(3):
+            try:
+                return self._catch_up(committed, low_watermarks)
+            except StateLost as exc:
+                if attempt == 2:
+                    raise
+                log.warning("state lost again while rebuilding partitions=%s", exc.partitions)
+        raise AssertionError("unreachable")
+
+    def _catch_up(self, committed: Offsets, low_watermarks: Offsets) -> int:
         if not committed:
             return 0
         topics = {t for t, _ in committed}

@@ -25,18 +25,26 @@ Per tick, the script decides (same partition as the last applied entry, unless n
   returned (`replayed`). An offset not in the history was rejected the first time: the verdict is
   reproduced by comparing with the entry just before it. Beyond the history: `too_old`.
 
-The per-partition marker `{prefix}:mark:{topic}:{partition}` holds the highest appended offset;
-it is written in the same call, so windows and marker cannot disagree after a crash.
+The per-partition marker `{prefix}:mark:{topic}:{partition}` holds the highest offset the store
+has judged (appended or not: a late tick is done with too); it is raised in the same call, so
+windows and marker cannot disagree after a crash. The same call also checks, before it changes
+anything, that every marker of the batch's partitions that this store instance has written or read
+is still there: one gone means Redis lost the state (flushed, restarted empty) and the call
+changes nothing and the store raises StateLost. One EXISTS per partition, in the call the batch
+makes anyway.
 
 On a Redis Cluster a batch is one such call per node, each with the ticks of the symbols that node
-holds, and each node keeps its own markers (under a hash tag the node owns). A node with no tick
-of a partition in a batch gets that partition's marker raised to the batch's last offset there
-(it had nothing to apply), so `markers` can take the lowest over the nodes, and a node that lost
-its state (no marker) has the partition rebuilt.
+holds, and each node keeps its own markers (under a hash tag the node owns). Every node gets the
+call, with no ticks if it holds none of the batch's symbols, so every node's markers keep up (and
+`markers` can take the lowest over the nodes) and a node restarted empty is found on the next
+batch whatever symbols it holds. The nodes are not one transaction: the nodes called before the
+one that lost its state have applied their share, which the retry after the rebuild sees as
+redeliveries (the same windows, flagged replayed).
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -50,17 +58,20 @@ import redis.exceptions
 from numpy.lib.stride_tricks import sliding_window_view
 
 from stream.contracts import Tick, Window
-from stream.errors import ConfigError, StoreUnavailable
+from stream.errors import ConfigError, StateLost, StoreUnavailable
 from stream.redisio import SINGLE, Commands
+
+log = logging.getLogger(__name__)
 
 OUTCOMES = ("processed", "warming", "replayed", "late", "duplicate", "too_old")
 
-#: The batch update and the marker raise (KEYS and ARGV documented in each file).
+#: The batch update (KEYS and ARGV documented in the file).
 _APPEND_BATCH_LUA = (files("stream") / "windows_append_batch.lua").read_text(encoding="utf-8")
-_RAISE_MARKERS_LUA = (files("stream") / "windows_raise_markers.lua").read_text(encoding="utf-8")
 
 # u32 window key index, u32 marker key index, price, offset, ts, partition (see windows_append_batch.lua)
 _TICK_RECORD = struct.Struct("<IIdddd")
+# per marker key: the batch's highest offset of its partition, 1.0 if seen before (see the script)
+_MARK_RECORD = struct.Struct("<dd")
 
 _APPENDED, _COMPLETE, _REPLAYED = ord("w"), ord("p"), ord("r")
 _COUNTED: dict[int, tuple[str, ...]] = {
@@ -112,7 +123,8 @@ class WindowStore:
         self.source_topic = source_topic
         self._redis = Commands(client)
         self._append_batch = self._redis.script(_APPEND_BATCH_LUA)
-        self._raise_markers = self._redis.script(_RAISE_MARKERS_LUA)
+        #: (node, partition) of every marker this store wrote or read: one gone means state lost
+        self._seen: set[tuple[str, int]] = set()
 
     def window_key(self, symbol: str) -> str:
         return f"{self._prefix}:win:{{{symbol}}}"
@@ -123,52 +135,54 @@ class WindowStore:
         return f"{self._prefix}:mark:{tag + ':' if tag else ''}{self.source_topic}:{partition}"
 
     def append_batch(self, ticks: Sequence[Tick]) -> WindowBatch:
-        """Apply a batch in one atomic script call per Redis node; see the module docstring."""
+        """Apply a batch in one atomic script call per Redis node; see the module docstring.
+
+        Raises StateLost, before the node that lost them changed anything, when a marker of a
+        partition of the batch that this store wrote or read is gone from Redis (flushed,
+        restarted empty, a cluster node restarted empty). The store then stops expecting those
+        markers: the caller rebuilds the partitions up to the batch and retries it.
+        """
         if not ticks:
             return WindowBatch([], [])
+        tops: dict[int, int] = {}
+        for t in ticks:
+            if tops.get(t.partition, -1) < t.offset:
+                tops[t.partition] = t.offset
         try:
             if not self._redis.cluster:
-                return self._append_on(SINGLE, ticks)
+                return self._append_on(SINGLE, ticks, tops)
             by_node = self._redis.group([self.window_key(t.symbol) for t in ticks])
-            # A cluster: each node's ticks in one call to it. A node had nothing to apply of a
-            # partition none of its ticks came from: its marker of that partition is raised to
-            # the batch's last offset there, so every node's markers keep up (see `markers`).
+            # A cluster: each node's ticks in one call to it, and a call to every other node
+            # too, with no ticks: each node raises its own markers of the batch's partitions to
+            # the batch's last offset there (see `markers`), and checks them (state lost).
             parts = [
-                self._append_on(node, [ticks[i] for i in indexes])
-                for node, indexes in by_node.items()
+                self._append_on(node, [ticks[i] for i in by_node.get(node, [])], tops)
+                for node in self._redis.nodes()
             ]
-            tops: dict[int, int] = {}
-            for t in ticks:
-                tops[t.partition] = max(tops.get(t.partition, -1), t.offset)
-            for node in self._redis.nodes():
-                had = {ticks[i].partition for i in by_node.get(node, [])}
-                rest = [p for p in tops if p not in had]
-                if rest:
-                    keys = [self.marker_key(p, node) for p in rest]
-                    offsets = [tops[p] for p in rest]
-                    self._redis.evalsha(self._raise_markers, keys, offsets, node=node)
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis: window update failed: {exc}") from exc
         return _merge(ticks, parts)
 
-    def _append_on(self, node: str, ticks: Sequence[Tick]) -> WindowBatch:
+    def _append_on(self, node: str, ticks: Sequence[Tick], tops: dict[int, int]) -> WindowBatch:
         key_index: dict[str, int] = {}
-        mark_index: dict[int, int] = {}
+        mark_index = {p: i for i, p in enumerate(tops, 1)}
         pack = _TICK_RECORD.pack
         records = []
         symbol_ids = []
         for t in ticks:
             ki = key_index.setdefault(t.symbol, len(key_index) + 1)
-            mi = mark_index.setdefault(t.partition, len(mark_index) + 1)
             symbol_ids.append(ki)
-            records.append(pack(ki, mi, t.price, t.offset, t.ts, t.partition))
+            records.append(pack(ki, mark_index[t.partition], t.price, t.offset, t.ts, t.partition))
         keys = [self.window_key(s) for s in key_index]
-        keys += [self.marker_key(p, node) for p in mark_index]
+        keys += [self.marker_key(p, node) for p in tops]
+        seen = self._seen
+        marks = b"".join(_MARK_RECORD.pack(top, (node, p) in seen) for p, top in tops.items())
         args: list[bytes | int] = [
             self.size,
             self.size + self.history,
             len(key_index),
             b"".join(records),
+            marks,
         ]
         try:
             reply: Any = self._redis.evalsha(self._append_batch, keys, args, node=node)
@@ -180,6 +194,17 @@ class WindowStore:
                     f"window store: {exc}; delete the {self._prefix}:win:* keys to rebuild them"
                 ) from None
             raise
+        partitions = list(tops)
+        if len(reply) == 2:  # {'lost', marker indexes}: nothing was applied on this node
+            lost = sorted(partitions[i - 1] for i in reply[1])
+            self._seen = {(n, p) for n, p in seen if p not in lost}
+            log.warning(
+                "redis lost the window state partitions=%s node=%s",
+                ",".join(f"{self.source_topic}[{p}]" for p in lost),
+                node or "-",
+            )
+            raise StateLost(lost)
+        seen.update((node, p) for p in partitions)
         outcomes: bytes = reply[0]
         return self._assemble(ticks, symbol_ids, outcomes, reply[1], reply[2], reply[3])
 
@@ -259,6 +284,12 @@ class WindowStore:
         out: dict[int, int | None] = {}
         for i, p in enumerate(parts):
             per_node = values[i :: len(parts)]
+            # What is read is what a later batch must find again (see append_batch).
+            for node, v in zip(nodes, per_node, strict=True):
+                if v is None:
+                    self._seen.discard((node, p))
+                else:
+                    self._seen.add((node, p))
             out[p] = (
                 None
                 if any(v is None for v in per_node)

@@ -2,14 +2,20 @@
 -- per-partition markers of one Redis node, atomically. See windows.py's docstring for the layout.
 --
 -- KEYS[1..n]      the window key of each distinct symbol of the batch
--- KEYS[n+1..]     the marker key of each distinct partition of the batch
+-- KEYS[n+1..n+m]  the marker key of each distinct partition of the whole batch (on a cluster,
+--                 this node's markers; the node may hold none of the batch's symbols)
 -- ARGV[1]         W, the window size
 -- ARGV[2]         C, the ring capacity (W + R) for keys this call creates
 -- ARGV[3]         n, the number of window keys
 -- ARGV[4]         the ticks, 40 bytes each, little-endian: u32 window key index (1-based),
 --                 u32 marker key index (1-based, counted from KEYS[n+1]), f64 price, f64 offset,
 --                 f64 ts, f64 partition (this order lets the script copy entries byte for byte)
--- Returns {outcomes, refs, blocks, tails}; the script builds no per-tick window string:
+-- ARGV[5]         per marker key, 16 bytes: f64 the batch's highest offset of that partition (the
+--                 marker is raised to it: every tick of the batch is judged, appended or not),
+--                 f64 1 if the caller has seen that marker before (written or read), else 0
+-- Returns {'lost', {marker indexes}} without changing anything when a marker the caller has
+-- seen is gone (Redis flushed or restarted empty: the state must be rebuilt first), else
+-- {outcomes, refs, blocks, tails}; the script builds no per-tick window string:
 --   outcomes  one byte per tick: p appended and completes a window, w appended while warming up,
 --             r replayed with a window, R replayed without one (it was warming), l late,
 --             d duplicate, o too old;
@@ -25,8 +31,17 @@ local W = tonumber(ARGV[1])
 local NEWCAP = tonumber(ARGV[2])
 local NKEYS = tonumber(ARGV[3])
 local BLOB = ARGV[4]
+local MARKS = ARGV[5]
 local HDR = 56
 local sunpack, sub, concat = struct.unpack, string.sub, table.concat
+
+-- State loss first, before anything is read or written: one EXISTS per partition of the batch.
+local lost = {}
+for mi = 1, #MARKS / 16 do
+  local _, seen = sunpack('<dd', MARKS, (mi - 1) * 16 + 1)
+  if seen == 1 and redis.call('EXISTS', KEYS[NKEYS + mi]) == 0 then lost[#lost + 1] = mi end
+end
+if #lost > 0 then return {'lost', lost} end
 
 local states, blocks, refs = {}, {}, {}
 for k = 1, NKEYS do
@@ -176,10 +191,10 @@ local function redelivered(st, ts, off)
   return 'o'
 end
 
-local outcomes, marks = {}, {}
+local outcomes = {}
 local pos = 1
 for i = 1, #BLOB / 40 do
-  local ki, mi, off, ts, part = sunpack('<I4I4xxxxxxxxddd', BLOB, pos)
+  local ki, off, ts, part = sunpack('<I4xxxxxxxxxxxxddd', BLOB, pos)
   local st = states[ki]
   local code
   if st.count > 0 and (part ~= st.lpart or off > st.loff) then
@@ -192,9 +207,6 @@ for i = 1, #BLOB / 40 do
   else
     code = redelivered(st, ts, off)
   end
-  if (code == 'p' or code == 'w') and (marks[mi] == nil or marks[mi] < off) then
-    marks[mi] = off
-  end
   outcomes[i] = code
   pos = pos + 40
 end
@@ -205,9 +217,10 @@ for k = 1, NKEYS do
   flush(states[k])
   tails[k] = states[k].tail or ''
 end
-for mi, off in pairs(marks) do
+for mi = 1, #MARKS / 16 do
+  local top = sunpack('<d', MARKS, (mi - 1) * 16 + 1)
   local mk = KEYS[NKEYS + mi]
   local cur = tonumber(redis.call('GET', mk))
-  if cur == nil or cur < off then redis.call('SET', mk, string.format('%.0f', off)) end
+  if cur == nil or cur < top then redis.call('SET', mk, string.format('%.0f', top)) end
 end
 return {concat(outcomes), concat(refs), blocks, tails}

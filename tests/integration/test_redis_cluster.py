@@ -18,6 +18,7 @@ from redis.crc import key_slot
 
 from stream.cache import ForecastCache
 from stream.contracts import Tick
+from stream.errors import StateLost
 from stream.redisio import Commands
 from stream.service import delete_keys
 from stream.windows import WindowBatch, WindowStore
@@ -129,6 +130,41 @@ def test_markers_are_the_lowest_over_nodes_and_lost_with_any_node(
     lost = redis.Redis(host=host, port=int(port))
     lost.flushall()
     lost.close()
+    assert store.markers([0]) == {0: None}
+
+
+def _lose_node_state(cluster_url: str, node: str, prefix: str) -> None:
+    """What a node restarted empty looks like to the store, without touching other tests' keys."""
+    host, port = node.rsplit(":", 1)
+    client = redis.Redis(host=host, port=int(port))
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    assert keys
+    for key in keys:  # one slot per command on a cluster node
+        client.delete(key)
+    client.close()
+
+
+@pytest.mark.parametrize("with_its_symbols", [True, False])
+def test_a_node_that_lost_its_state_is_found_on_the_next_batch(
+    with_its_symbols: bool,
+    cluster_client: redis.Redis,
+    cluster_prefix: str,
+    redis_cluster_url: str,
+) -> None:
+    """Issue 15, item 13: per node. The batch after the loss finds it whether or not it has
+    ticks of the symbols that node holds (the other nodes kept their markers)."""
+    store = WindowStore(cluster_client, cluster_prefix, size=3, history=4, source_topic="ticks")
+    store.append_batch([Tick(s, 100.0, 1, 0, i) for i, s in enumerate(SYMBOLS)])
+    node = _nodes_holding(redis_cluster_url, [store.window_key("S0")]).pop()
+    _lose_node_state(redis_cluster_url, node, cluster_prefix)
+    on_node = [
+        s for s in SYMBOLS if _nodes_holding(redis_cluster_url, [store.window_key(s)]) == {node}
+    ]
+    elsewhere = [s for s in SYMBOLS if s not in on_node]
+    symbols = on_node if with_its_symbols else elsewhere
+    with pytest.raises(StateLost) as lost:
+        store.append_batch([Tick(s, 101.0, 2, 0, 100 + i) for i, s in enumerate(symbols)])
+    assert lost.value.partitions == [0]
     assert store.markers([0]) == {0: None}
 
 

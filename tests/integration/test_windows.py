@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import random
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +20,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from stream.contracts import Tick
-from stream.errors import ConfigError, StoreUnavailable
+from stream.errors import ConfigError, StateLost, StoreUnavailable
 from stream.windows import WindowBatch, WindowStore
+from tests.redis_process import RedisProcess
 
 pytestmark = pytest.mark.integration
 
@@ -210,12 +212,13 @@ def test_a_new_partition_continues_the_window_as_a_new_lineage(store: WindowStor
     assert store.append_batch([stale]).rejected == [(stale, "late")]
 
 
-def test_markers_hold_the_highest_appended_offset(store: WindowStore) -> None:
+def test_markers_hold_the_highest_judged_offset(store: WindowStore) -> None:
     assert store.markers([0, 1]) == {0: None, 1: None}
+    # The late tick at offset 3 is done with as much as an appended one: nothing to rebuild.
     store.append_batch([*run(range(3)), tick(3, ts=0), Tick("B", 1.0, 5, 1, 40)])
-    assert store.markers([0, 1, 2]) == {0: 2, 1: 40, 2: None}
+    assert store.markers([0, 1, 2]) == {0: 3, 1: 40, 2: None}
     store.append_batch(run(range(2)))  # a redelivery never lowers it
-    assert store.markers([0]) == {0: 2}
+    assert store.markers([0]) == {0: 3}
     assert store.markers([]) == {}
 
 
@@ -232,6 +235,90 @@ def test_one_script_call_per_batch(store: WindowStore, redis_commands_sent: list
     assert b.counts["processed"] == 1000 and b.counts["warming"] == 400
     assert len(b.windows) == 600
     assert store.markers([0, 1, 2]) == {0: 999, 1: 997, 2: 998}
+
+
+def _lose_state(client: redis.Redis, prefix: str) -> None:
+    """What FLUSHALL does to the store, without touching the other tests' keys."""
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    assert keys
+    client.delete(*keys)
+
+
+def test_state_lost_mid_run_is_found_on_the_next_batch_before_anything_changes(
+    store: WindowStore, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    store.append_batch(run(range(8)))
+    _lose_state(redis_client, key_prefix)
+    with pytest.raises(StateLost) as lost:
+        store.append_batch(run(range(8, 10)))
+    assert lost.value.partitions == [0]
+    assert raw_state(redis_client, store) is None and store.markers([0]) == {0: None}
+    # The store stops expecting the marker: after the rebuild the batch goes through.
+    store.append_batch(run(range(3, 8)))  # the rebuild, in short
+    b = store.append_batch(run(range(8, 10)))
+    assert windows_of(b) == [prices(4, 8), prices(5, 9)]
+
+
+def test_state_lost_names_only_the_partitions_whose_markers_are_gone(
+    store: WindowStore, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    store.append_batch([tick(0), Tick("B", 1.0, 5, 1, 40), Tick("C", 1.0, 5, 2, 7)])
+    redis_client.delete(store.marker_key(0), store.marker_key(2))
+    with pytest.raises(StateLost) as lost:
+        store.append_batch([tick(1), Tick("B", 1.0, 6, 1, 41), Tick("C", 1.0, 6, 2, 8)])
+    assert lost.value.partitions == [0, 2]
+    assert store.markers([0, 1, 2]) == {0: None, 1: 40, 2: None}
+    # A partition outside the batch is not checked now: it will be when its ticks come.
+    redis_client.delete(store.marker_key(1))
+    store.append_batch([tick(1)])
+
+
+def test_a_partition_with_only_rejected_ticks_keeps_its_marker(
+    store: WindowStore, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """Only late ticks since the loss: the retry after the rebuild must not lose state again."""
+    store.append_batch(run(range(6)))
+    _lose_state(redis_client, key_prefix)
+    late = [tick(6, ts=0), tick(7, ts=0)]
+    with pytest.raises(StateLost):
+        store.append_batch(late)
+    store.append_batch(run(range(1, 6)))  # the rebuild up to offset 6
+    assert store.append_batch(late).counts["late"] == 2
+    assert store.markers([0]) == {0: 7}
+    assert store.append_batch([tick(8, ts=0)]).counts["late"] == 1
+
+
+def test_markers_read_are_expected_and_a_new_store_expects_nothing(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    first = WindowStore(redis_client, key_prefix, size=5, history=4, source_topic="ticks")
+    first.append_batch(run(range(6)))
+    # A restarted consumer: nothing expected until it reads the markers (on assignment).
+    restarted = WindowStore(redis_client, key_prefix, size=5, history=4, source_topic="ticks")
+    assert restarted.markers([0]) == {0: 5}
+    _lose_state(redis_client, key_prefix)
+    with pytest.raises(StateLost):
+        restarted.append_batch([tick(6)])
+    fresh = WindowStore(redis_client, key_prefix, size=5, history=4, source_topic="ticks")
+    assert fresh.append_batch([tick(6)]).counts["processed"] == 1
+
+
+def test_redis_restarted_empty_is_state_lost_on_the_next_batch(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path).start()
+    client = redis.Redis.from_url(server.url)
+    try:
+        store = WindowStore(client, "tc", size=5, history=4, source_topic="ticks")
+        store.append_batch(run(range(8)))
+        server.restart_empty()
+        with pytest.raises(StoreUnavailable):  # the connection it had is gone: retried
+            store.append_batch(run(range(8, 10)))
+        with pytest.raises(StateLost) as lost:
+            store.append_batch(run(range(8, 10)))
+        assert lost.value.partitions == [0]
+        assert client.dbsize() == 0
+    finally:
+        client.close()
+        server.kill()
 
 
 def test_a_batch_that_cannot_apply_changes_nothing(
