@@ -122,8 +122,8 @@ class Checkpoint(ABC):
         self.committed: Offsets = {}
         #: count of rewinds, for tests and metrics
         self.rewinds = 0
-        #: dead letters the broker refused for good (counted and skipped)
-        self.on_undeliverable: Callable[[str], None] = lambda what: None
+        #: (stage, seconds) of the produce and commit steps, for the batch-time metric
+        self.observe: Callable[[str, float], None] = lambda stage, seconds: None
 
     # ------------------------------------------------------------ the batch's life
 
@@ -256,9 +256,11 @@ class AtLeastOnce(Checkpoint):
         if batch.dropped:
             return
         batch.output = output
+        started = time.perf_counter()
         self._produce(batch, output)
         self._published.append(batch)
         self.sink.poll(0)
+        self.observe("produce", time.perf_counter() - started)
 
     def settle(self, wait: bool = False) -> list[Batch]:
         self.sink.poll(0.01 if wait else 0.0)
@@ -296,7 +298,9 @@ class AtLeastOnce(Checkpoint):
             return
         due = {p: o for p, o in self.delivered.items() if self.committed.get(p) != o}
         if due:
+            started = time.perf_counter()
             self.source.commit(due, asynchronous=True)
+            self.observe("commit", time.perf_counter() - started)
         self._uncommitted = 0
         self._last_commit = now
 
@@ -362,9 +366,11 @@ class Transactional(Checkpoint):
         if batch.dropped:
             return
         batch.output = output
+        started = time.perf_counter()
         try:
             self.sink.begin()
             self._produce(batch, output)
+            produced = time.perf_counter()
             # commit_transaction flushes too; flushing first lets a delivery error abort the
             # transaction here instead of surfacing as a commit error.
             if self.sink.flush(self.timeout_s):
@@ -377,6 +383,8 @@ class Transactional(Checkpoint):
         except KafkaFailure as exc:
             self._recover(exc)
             return
+        self.observe("produce", produced - started)
+        self.observe("commit", time.perf_counter() - produced)
         self.open.remove(batch)
         self.committed.update(batch.next)
         self._done.append(batch)
@@ -390,9 +398,10 @@ class Transactional(Checkpoint):
             try:
                 self.sink.abort(self.timeout_s)
             except KafkaFailure as abort_exc:
-                if not abort_exc.fatal:
-                    raise
+                # An abort that fails (INVALID_TXN_STATE after a broker restart, a timeout)
+                # leaves the transaction's state unknown: the producer is replaced like a fatal one.
                 exc = abort_exc
+                exc.fatal = True
         if exc.fatal:
             # The producer cannot be used again: a new one (init_transactions fences and aborts
             # what the old one left open), and the consumer back to what the group committed.

@@ -146,6 +146,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
             commit_after=processing.max_batch,
         )
     )
+    checkpoint.observe = lambda stage, seconds: metrics.batch_seconds.labels(stage=stage).observe(
+        seconds
+    )
     config = RunnerConfig(
         max_batch=processing.max_batch,
         poll_timeout_s=processing.poll_timeout_s,

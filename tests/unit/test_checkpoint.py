@@ -272,13 +272,17 @@ def test_a_fatal_transaction_error_renews_the_producer_and_rewinds_to_the_commit
     assert publish(cp, records(0, 3, 3)).dropped is False
 
 
-def test_a_failing_abort_that_is_fatal_renews_the_producer() -> None:
+@pytest.mark.parametrize("fatal", [True, False])
+def test_a_failing_abort_renews_the_producer(fatal: bool) -> None:
+    # After a broker restart abort_transaction itself can fail with INVALID_TXN_STATE: the
+    # transaction's state is unknown, so the producer is replaced rather than the process exiting.
     sink, source = FakeSink(), FakeSource()
     cp = Transactional(source, sink, TOPICS)
     sink.transaction_error = KafkaFailure("x", "TIMED_OUT", abortable=True)
-    sink.abort_error = KafkaFailure("y", "INVALID_TXN_STATE", fatal=True)
+    sink.abort_error = KafkaFailure("y", "INVALID_TXN_STATE", fatal=fatal)
     publish(cp, records(0, 0, 2))
     assert sink.renewals == 1 and source.seeks == [{(T, 0): 0}]
+    assert publish(cp, records(0, 0, 2)).dropped is False
 
 
 def test_a_delivery_error_inside_a_transaction_aborts_it() -> None:

@@ -192,7 +192,7 @@ def test_a_failed_delivery_is_redone_and_nothing_is_committed_past_it() -> None:
 
 def test_revoke_mid_stream_publishes_the_model_batch_and_commits_synchronously() -> None:
     # Commits far apart: what was delivered before the revoke is not yet committed.
-    runner, source, sink, checkpoint, _ = make(max_batch=4, commit_interval_s=3600)
+    runner, source, sink, _, _ = make(max_batch=4, commit_interval_s=3600)
 
     def revoke_once(turn: int) -> None:
         if turn == 3:
