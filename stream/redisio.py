@@ -31,12 +31,20 @@ from redis.crc import key_slot
 
 Arg = str | bytes | int | float
 
-#: Answers of a cluster node that mean "not here (now)": MOVED, ASK, TRYAGAIN, CLUSTERDOWN.
+#: Answers of a cluster node that mean "not here (now)": MOVED, ASK, TRYAGAIN, CLUSTERDOWN,
+#: MASTERDOWN.
 _TOPOLOGY = (
     redis.exceptions.AskError,  # MovedError is one
     redis.exceptions.TryAgainError,
-    redis.exceptions.ClusterDownError,
+    redis.exceptions.ClusterDownError,  # MasterDownError is one
 )
+
+#: The same answers as plain errors, from a command a script runs: a node that has just restarted
+#: and not yet rejoined (or has lost a slot) answers EVALSHA with `ERR Script attempted to execute
+#: a command while the cluster is down` for a second or two, and a key its node no longer owns with
+#: `ERR Script attempted to access a non local key in a cluster node`. Matched on the words, as
+#: redis-py has no class for them.
+_TOPOLOGY_WORDS = ("cluster is down", "non local key", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN")
 
 #: The node of a single Redis.
 SINGLE = ""
@@ -213,12 +221,24 @@ class Commands:
     # ------------------------------------------------------------ cluster topology
 
     def _moved(self, exc: redis.exceptions.ResponseError) -> None:
-        """A slot moved (resharding, failover): read the map again; the batch is retried."""
-        if self._cluster and isinstance(exc, _TOPOLOGY):
+        """A slot moved (resharding, failover) or the cluster is not serving (a node restarting):
+        read the map again; the batch is retried (a ConnectionError, so StoreUnavailable)."""
+        if not self._cluster:
+            return
+        if isinstance(exc, _TOPOLOGY):
+            what = type(exc).__name__.removesuffix("Error").upper()
+        elif any(words in str(exc) for words in _TOPOLOGY_WORDS):
+            what = "not serving:"
+        else:
+            return
+        try:
             self._read_slot_map()
+        except redis.exceptions.ConnectionError as unread:
+            # The node that answered may be the only one up; the retry reads the map again.
             raise redis.exceptions.ConnectionError(
-                f"redis cluster changed: {type(exc).__name__.removesuffix('Error').upper()} {exc}"
+                f"redis cluster changed: {what} {exc} (map not read: {unread})"
             ) from exc
+        raise redis.exceptions.ConnectionError(f"redis cluster changed: {what} {exc}") from exc
 
     def _read_slot_map(self) -> None:
         with self._lock:

@@ -7,8 +7,10 @@ the same windows, outcomes and counts on the cluster, with one script call per n
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,10 +20,11 @@ from redis.crc import key_slot
 
 from stream.cache import ForecastCache
 from stream.contracts import Tick
-from stream.errors import StateLost
+from stream.errors import StateLost, StoreUnavailable
 from stream.redisio import Commands
 from stream.service import delete_keys
 from stream.windows import WindowBatch, WindowStore
+from tests.redis_process import RedisProcess
 
 pytestmark = pytest.mark.integration
 
@@ -208,3 +211,45 @@ def test_a_moved_slot_is_read_again_and_the_call_retried(
         commands.mget([key])
     assert commands.node_of(key) == right
     assert commands.mget([key]) == [None]
+
+
+def _cluster_state(client: redis.Redis) -> bytes:
+    info = client.execute_command("CLUSTER", "INFO")
+    assert isinstance(info, bytes)
+    return info.split(b"cluster_state:")[1].split(b"\r")[0]
+
+
+def _wait_state(client: redis.Redis, state: bytes) -> None:
+    deadline = time.monotonic() + 10
+    while _cluster_state(client) != state:
+        assert time.monotonic() < deadline, f"cluster_state never became {state!r}"
+        time.sleep(0.02)
+
+
+def test_a_cluster_that_is_down_is_store_unavailable_then_serves_again(tmp_path: Path) -> None:
+    """Issue 15, item 13: a node that is not serving answers a script's commands with `ERR Script
+    attempted to execute a command while the cluster is down` (not CLUSTERDOWN). Made here with a
+    one-node cluster that drops a slot (full coverage is required, so the cluster is down)."""
+    server = RedisProcess(
+        tmp_path, "--cluster-enabled", "yes", "--cluster-announce-ip", "127.0.0.1"
+    ).start()
+    client = redis.Redis.from_url(server.url)
+    try:
+        client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        _wait_state(client, b"ok")
+        store = WindowStore(client, "tc", size=3, history=4, source_topic="ticks")
+        cache = ForecastCache(client, "tc", "v1", horizon=1, ttl_seconds=60)
+        store.append_batch([Tick("S0", 100.0, 1, 0, 0)])
+        spare = key_slot(b"{spare}")
+        client.execute_command("CLUSTER", "DELSLOTS", spare)
+        _wait_state(client, b"fail")
+        with pytest.raises(StoreUnavailable, match="cluster is down"):
+            store.append_batch([Tick("S0", 101.0, 2, 0, 1)])
+        with pytest.raises(StoreUnavailable, match="cluster is down"):
+            cache.put_many([("d", np.ones(3))])
+        client.execute_command("CLUSTER", "ADDSLOTS", spare)
+        _wait_state(client, b"ok")
+        assert store.append_batch([Tick("S0", 101.0, 2, 0, 1)]).counts["processed"] == 1
+    finally:
+        client.close()
+        server.kill()
