@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 class StoreLike(Protocol):
     def markers(self, partitions: Sequence[int]) -> dict[int, int | None]: ...
 
+    def recreated(self, high_watermarks: Mapping[int, int]) -> list[int]: ...
+
+    def start_afresh(self, partitions: Iterable[int]) -> None: ...
+
     def append_batch(self, ticks: Sequence[Tick]) -> Any: ...
 
 
@@ -67,12 +71,43 @@ class Rebuilder:
         max_message_bytes: int,
         max_ticks: int,
         on_rebuilt: Callable[[int], None] = lambda n: None,
+        on_recreated: Callable[[Partition], None] = lambda partition: None,
     ) -> None:
         self.read = read
         self.store = store
         self.max_message_bytes = max_message_bytes
         self.max_ticks = max_ticks
         self.on_rebuilt = on_rebuilt
+        self.on_recreated = on_recreated
+
+    def discard_recreated(self, high_watermarks: Offsets) -> list[Partition]:
+        """On assignment, before `catch_up`: the partitions whose topic was recreated (the store
+        holds offsets at or above their high watermark) start afresh in the store; returns them.
+
+        Logged once and counted (`on_recreated`) per partition found: the stale markers would
+        have made every new tick `too_old`. Their committed offsets, if the group still has any,
+        belong to the old topic too: do not catch up to them.
+        """
+        by_topic: dict[str, dict[int, int]] = {}
+        for (topic, p), high in high_watermarks.items():
+            by_topic.setdefault(topic, {})[p] = high
+        found: list[Partition] = []
+        for topic, highs in by_topic.items():
+            stale = self.store.recreated(highs)
+            if not stale:
+                continue
+            self.store.start_afresh(stale)
+            for p in stale:
+                log.warning(
+                    "input topic recreated: the window store held offsets beyond its end; "
+                    "starting afresh partition=%s[%d] high_watermark=%d",
+                    topic,
+                    p,
+                    highs[p],
+                )
+                self.on_recreated((topic, p))
+                found.append((topic, p))
+        return found
 
     def catch_up(self, committed: Offsets, low_watermarks: Offsets) -> int:
         """Apply every missing tick below `committed`'s offsets (the group's committed offsets on

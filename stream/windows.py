@@ -33,6 +33,14 @@ is still there: one gone means Redis lost the state (flushed, restarted empty) a
 changes nothing and the store raises StateLost. One EXISTS per partition, in the call the batch
 makes anyway.
 
+A recreated input topic restarts its offsets below the markers; left alone, its ticks would be
+taken for redeliveries too old for the history. `recreated` finds such partitions from their high
+watermarks (a marker at or above it was never an offset of this topic) and `start_afresh` discards
+their markers and raises their epoch (`{prefix}:epoch:{topic}:{partition}`, beside the marker): the
+script labels the partition's new entries with a lineage of partition + 2**24 x epoch, so the old
+entries are another lineage and the new ticks are judged by event time alone, as after a
+repartitioning.
+
 On a Redis Cluster a batch is one such call per node, each with the ticks of the symbols that node
 holds, and each node keeps its own markers (under a hash tag the node owns). Every node gets the
 call, with no ticks if it holds none of the batch's symbols, so every node's markers keep up (and
@@ -46,7 +54,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
@@ -65,8 +73,9 @@ log = logging.getLogger(__name__)
 
 OUTCOMES = ("processed", "warming", "replayed", "late", "duplicate", "too_old")
 
-#: The batch update (KEYS and ARGV documented in the file).
+#: The batch update and a recreated topic's fresh start (KEYS and ARGV documented in each file).
 _APPEND_BATCH_LUA = (files("stream") / "windows_append_batch.lua").read_text(encoding="utf-8")
+_START_AFRESH_LUA = (files("stream") / "windows_start_afresh.lua").read_text(encoding="utf-8")
 
 # u32 window key index, u32 marker key index, price, offset, ts, partition (see windows_append_batch.lua)
 _TICK_RECORD = struct.Struct("<IIdddd")
@@ -123,6 +132,7 @@ class WindowStore:
         self.source_topic = source_topic
         self._redis = Commands(client)
         self._append_batch = self._redis.script(_APPEND_BATCH_LUA)
+        self._start_afresh = self._redis.script(_START_AFRESH_LUA)
         #: (node, partition) of every marker this store wrote or read: one gone means state lost
         self._seen: set[tuple[str, int]] = set()
 
@@ -133,6 +143,11 @@ class WindowStore:
         """On a cluster, one marker per node, under a hash tag that node owns."""
         tag = self._redis.local_tag(node)  # "" on one Redis
         return f"{self._prefix}:mark:{tag + ':' if tag else ''}{self.source_topic}:{partition}"
+
+    def epoch_key(self, partition: int, node: str = SINGLE) -> str:
+        """How many times the partition started afresh (a recreated topic); beside its marker."""
+        tag = self._redis.local_tag(node)
+        return f"{self._prefix}:epoch:{tag + ':' if tag else ''}{self.source_topic}:{partition}"
 
     def append_batch(self, ticks: Sequence[Tick]) -> WindowBatch:
         """Apply a batch in one atomic script call per Redis node; see the module docstring.
@@ -175,6 +190,7 @@ class WindowStore:
             records.append(pack(ki, mark_index[t.partition], t.price, t.offset, t.ts, t.partition))
         keys = [self.window_key(s) for s in key_index]
         keys += [self.marker_key(p, node) for p in tops]
+        keys += [self.epoch_key(p, node) for p in tops]
         seen = self._seen
         marks = b"".join(_MARK_RECORD.pack(top, (node, p) in seen) for p, top in tops.items())
         args: list[bytes | int] = [
@@ -267,13 +283,37 @@ class WindowStore:
                 rejected.append((tick, _REJECTED[code]))
         return WindowBatch(windows, rejected, counts)
 
-    def markers(self, partitions: Iterable[int]) -> dict[int, int | None]:
-        """The highest appended offset per partition, None where no marker exists (state lost?).
+    def recreated(self, high_watermarks: Mapping[int, int]) -> list[int]:
+        """The partitions whose topic was recreated: a marker at or above the partition's high
+        watermark (the next offset the topic will write) holds an offset this topic never had.
+        On a cluster, any node's marker; nothing is expected or changed by this read."""
+        parts = list(high_watermarks)
+        by_node = self._read_markers(parts)
+        return [
+            p
+            for p in parts
+            if any(v is not None and v >= high_watermarks[p] for v in by_node[p].values())
+        ]
 
-        On a cluster, the lowest over the nodes, and None if any node has none: a node that
-        lost its state must be rebuilt even when the others did not.
-        """
-        parts = list(partitions)
+    def start_afresh(self, partitions: Iterable[int]) -> None:
+        """Treat the partitions as a new topic's (see windows_start_afresh.lua): their markers
+        are discarded on every node and their epochs raised, so their symbols' entries from the
+        old topic are another lineage and the new offsets are judged as new ticks."""
+        parts = sorted(set(partitions))
+        if not parts:
+            return
+        try:
+            for node in self._redis.nodes():
+                keys = [
+                    k for p in parts for k in (self.marker_key(p, node), self.epoch_key(p, node))
+                ]
+                self._redis.evalsha(self._start_afresh, keys, [], node=node)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"redis: fresh start failed: {exc}") from exc
+        self._seen = {(n, p) for n, p in self._seen if p not in parts}
+
+    def _read_markers(self, parts: list[int]) -> dict[int, dict[str, int | None]]:
+        """Every node's marker of each partition."""
         if not parts:
             return {}
         try:
@@ -281,20 +321,30 @@ class WindowStore:
             values = self._redis.mget([self.marker_key(p, n) for n in nodes for p in parts])
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis: marker read failed: {exc}") from exc
+        return {
+            p: {
+                node: None if v is None else int(v)
+                for node, v in zip(nodes, values[i :: len(parts)], strict=True)
+            }
+            for i, p in enumerate(parts)
+        }
+
+    def markers(self, partitions: Iterable[int]) -> dict[int, int | None]:
+        """The highest judged offset per partition, None where no marker exists (state lost?).
+
+        On a cluster, the lowest over the nodes, and None if any node has none: a node that
+        lost its state must be rebuilt even when the others did not.
+        """
         out: dict[int, int | None] = {}
-        for i, p in enumerate(parts):
-            per_node = values[i :: len(parts)]
+        for p, per_node in self._read_markers(list(partitions)).items():
             # What is read is what a later batch must find again (see append_batch).
-            for node, v in zip(nodes, per_node, strict=True):
+            for node, v in per_node.items():
                 if v is None:
                     self._seen.discard((node, p))
                 else:
                     self._seen.add((node, p))
-            out[p] = (
-                None
-                if any(v is None for v in per_node)
-                else min(int(v) for v in per_node if v is not None)
-            )
+            values = list(per_node.values())
+            out[p] = None if None in values else min(v for v in values if v is not None)
         return out
 
 

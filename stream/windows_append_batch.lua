@@ -4,6 +4,8 @@
 -- KEYS[1..n]      the window key of each distinct symbol of the batch
 -- KEYS[n+1..n+m]  the marker key of each distinct partition of the whole batch (on a cluster,
 --                 this node's markers; the node may hold none of the batch's symbols)
+-- KEYS[n+m+1..]   the epoch key of each of those partitions, in the same order: the number of
+--                 times the partition started afresh (a recreated topic); absent means 0
 -- ARGV[1]         W, the window size
 -- ARGV[2]         C, the ring capacity (W + R) for keys this call creates
 -- ARGV[3]         n, the number of window keys
@@ -42,6 +44,15 @@ for mi = 1, #MARKS / 16 do
   if seen == 1 and redis.call('EXISTS', KEYS[NKEYS + mi]) == 0 then lost[#lost + 1] = mi end
 end
 if #lost > 0 then return {'lost', lost} end
+
+-- A tick's lineage is its partition, plus 2^24 x the partition's epoch when it has started afresh
+-- (a recreated topic): the symbols' entries from before are then another lineage, so the new
+-- offsets are never taken for redeliveries (too_old). Stored in the entry's partition field.
+local NMARKS = #MARKS / 16
+local lineage_base = {}
+for mi = 1, NMARKS do
+  lineage_base[mi] = (tonumber(redis.call('GET', KEYS[NKEYS + NMARKS + mi])) or 0) * 16777216
+end
 
 local states, blocks, refs = {}, {}, {}
 for k = 1, NKEYS do
@@ -125,7 +136,7 @@ local function off_at(st, seq)
   return (sunpack('<d', st.chunk, (seq - cf) * 24 + 1))
 end
 
-local function append(st, pos, ts, off, part)
+local function append(st, pos, ts, off, part, relabel)
   if st.tail == nil then -- first append of this symbol in the batch: Redis is current
     local have = math.min(st.count, W - 1)
     st.tail = read_prices(st, st.count - have, have)
@@ -133,7 +144,11 @@ local function append(st, pos, ts, off, part)
   local i = #st.pprice + 1
   if i == 1 then st.pfirst = st.count end
   st.pprice[i] = sub(BLOB, pos + 8, pos + 15)
-  st.pmeta[i] = sub(BLOB, pos + 16, pos + 39)
+  if relabel then
+    st.pmeta[i] = sub(BLOB, pos + 16, pos + 31) .. struct.pack('<d', part)
+  else
+    st.pmeta[i] = sub(BLOB, pos + 16, pos + 39)
+  end
   st.count = st.count + 1
   st.lts, st.loff, st.lpart = ts, off, part
   if st.count >= W then return 'p' end
@@ -194,16 +209,18 @@ end
 local outcomes = {}
 local pos = 1
 for i = 1, #BLOB / 40 do
-  local ki, off, ts, part = sunpack('<I4xxxxxxxxxxxxddd', BLOB, pos)
+  local ki, mi, off, ts, part = sunpack('<I4I4xxxxxxxxddd', BLOB, pos)
   local st = states[ki]
+  local base = lineage_base[mi]
+  if base ~= 0 then part = part + base end
   local code
   if st.count > 0 and (part ~= st.lpart or off > st.loff) then
     if ts > st.lts then
       if part ~= st.lpart then st.lstart = st.count end
-      code = append(st, pos, ts, off, part)
+      code = append(st, pos, ts, off, part, base ~= 0)
     elseif ts < st.lts then code = 'l' else code = 'd' end
   elseif st.count == 0 then
-    code = append(st, pos, ts, off, part)
+    code = append(st, pos, ts, off, part, base ~= 0)
   else
     code = redelivered(st, ts, off)
   end
@@ -217,7 +234,7 @@ for k = 1, NKEYS do
   flush(states[k])
   tails[k] = states[k].tail or ''
 end
-for mi = 1, #MARKS / 16 do
+for mi = 1, NMARKS do
   local top = sunpack('<d', MARKS, (mi - 1) * 16 + 1)
   local mk = KEYS[NKEYS + mi]
   local cur = tonumber(redis.call('GET', mk))

@@ -20,14 +20,16 @@ pytestmark = pytest.mark.integration
 TOPIC = "ticks"
 
 
-def topic_log(n: int, partitions: int = 2, symbols: int = 3) -> dict[int, list[Record]]:
+def topic_log(
+    n: int, partitions: int = 2, symbols: int = 3, ts: int = 1_000
+) -> dict[int, list[Record]]:
     """n records per partition; each symbol lives in one partition."""
     out: dict[int, list[Record]] = {}
     for p in range(partitions):
         out[p] = []
         for o in range(n):
             symbol = f"S{p}-{o % symbols}"
-            value = encode_tick(symbol, 100.0 + o + p / 10, 1_000 + o)
+            value = encode_tick(symbol, 100.0 + o + p / 10, ts + o)
             out[p].append(Record(TOPIC, p, o, symbol.encode(), value))
     return out
 
@@ -91,3 +93,28 @@ def test_state_lost_mid_run_is_rebuilt_up_to_the_batch_and_no_window_changes(
             got += _windows(store, b)
     assert got == expected
     assert topic.reads == [{0: (0, 12), 1: (0, 12)}, {0: (0, 28), 1: (0, 28)}]
+
+
+def test_a_recreated_topic_is_logged_once_counted_and_started_afresh(
+    redis_client: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15, item 10, on assignment: the high watermarks say which partitions are new."""
+    store = WindowStore(redis_client, key_prefix, 5, 40, TOPIC)
+    old = topic_log(30)
+    for b in batches(old, 10):
+        store.append_batch(_decode(b))
+    counted: list[Partition] = []
+    rebuilder = Rebuilder(Topic(old).read, store, 65536, 10_000, on_recreated=counted.append)
+    assert rebuilder.discard_recreated({(TOPIC, 0): 30, (TOPIC, 1): 30}) == []
+
+    new = topic_log(8, ts=9_000)  # the topic made again: 8 records so far in each partition
+    with caplog.at_level("WARNING", logger="stream.rebuild"):
+        found = rebuilder.discard_recreated({(TOPIC, 0): 8, (TOPIC, 1): 30})
+    assert found == counted == [(TOPIC, 0)]
+    assert [r.getMessage() for r in caplog.records if "recreated" in r.getMessage()] == [
+        "input topic recreated: the window store held offsets beyond its end; "
+        f"starting afresh partition={TOPIC}[0] high_watermark=8"
+    ]
+    assert rebuilder.discard_recreated({(TOPIC, 0): 8}) == []  # once
+    counts = store.append_batch(_decode(new[0])).counts
+    assert counts["processed"] == 8 and counts["too_old"] == 0

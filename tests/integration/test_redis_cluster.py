@@ -171,6 +171,19 @@ def test_a_node_that_lost_its_state_is_found_on_the_next_batch(
     assert store.markers([0]) == {0: None}
 
 
+def test_a_recreated_topic_starts_afresh_on_every_node(
+    cluster_client: redis.Redis, cluster_prefix: str
+) -> None:
+    store = WindowStore(cluster_client, cluster_prefix, size=3, history=4, source_topic="ticks")
+    store.append_batch([Tick(s, 100.0, 1, 0, 100 + i) for i, s in enumerate(SYMBOLS)])
+    assert store.recreated({0: 5}) == [0]
+    store.start_afresh([0])
+    assert store.markers([0]) == {0: None}
+    b = store.append_batch([Tick(s, 101.0, 2, 0, i) for i, s in enumerate(SYMBOLS)])
+    assert b.counts["processed"] == len(SYMBOLS) and b.counts["too_old"] == 0
+    assert store.markers([0]) == {0: len(SYMBOLS) - 1}
+
+
 def test_cache_round_trip_across_nodes(
     cluster_client: redis.Redis, cluster_prefix: str, redis_cluster_url: str
 ) -> None:

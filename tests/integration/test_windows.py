@@ -321,6 +321,34 @@ def test_redis_restarted_empty_is_state_lost_on_the_next_batch(tmp_path: Path) -
         server.kill()
 
 
+def test_a_recreated_topic_is_found_from_its_high_watermark_and_starts_afresh(
+    store: WindowStore,
+) -> None:
+    """Issue 15, item 10: the topic deleted and made again while Redis kept its state."""
+    store.append_batch(run(range(40)))  # the old topic: offsets 0..39, ts up to 1390
+    assert store.recreated({0: 40, 1: 0}) == []  # in step: the marker is below the end
+    assert store.recreated({0: 39}) == [0]
+    assert store.recreated({0: 0}) == [0]
+
+    new_topic = [Tick("A", 500.0 + o, 5000 + o, 0, o) for o in range(3)]
+    assert store.append_batch(new_topic).counts["too_old"] == 3  # what went wrong
+
+    store.start_afresh([0])
+    assert store.markers([0]) == {0: None} and store.recreated({0: 0}) == []
+    b = store.append_batch(new_topic)
+    assert b.counts["processed"] == 3 and b.counts["too_old"] == 0
+    assert windows_of(b)[-1] == [138.0, 139.0, 500.0, 501.0, 502.0]
+    assert store.markers([0]) == {0: 2}
+    # The new topic's redeliveries are recognised; its later ticks go on.
+    again = store.append_batch([new_topic[1], Tick("A", 503.0, 5003, 0, 3)])
+    assert windows_of(again) == [[137.0, 138.0, 139.0, 500.0, 501.0], [139.0, *range(500, 504)]]
+    assert again.counts["replayed"] == 1 and again.counts["processed"] == 1
+    # Twice over (recreated again): still a fresh lineage each time.
+    store.start_afresh([0])
+    b = store.append_batch([Tick("A", 600.0, 6000, 0, 0)])
+    assert b.counts["processed"] == 1
+
+
 def test_a_batch_that_cannot_apply_changes_nothing(
     store: WindowStore, redis_client: redis.Redis
 ) -> None:
