@@ -12,6 +12,18 @@ weights that made it.
 
 Both backends take raw prices (n, window) and apply the same input transform, log(p_i / p_last),
 in float64 before the model's float32; any constant scaling lives inside the model itself.
+
+A window's output does not depend on its batch (DESIGN.md, Wire contracts): a redelivered window
+recomputed after its cache entry expired must give the first forecast bit for bit. ONNX Runtime is
+not batch-invariant by itself: its element-wise Softplus runs rows in vector blocks of 4 and the
+remainder through a scalar exp that differs in the last bits, so a row's result depended on the
+batch size (1,214 of 3,000 gold windows differed between batch 1 and one batch of 3,000). No
+session option changes that (graph optimisation off and use_deterministic_compute were tried). So
+every model call sees exactly CHUNK_ROWS rows: a batch is cut into chunks of that size and the last
+one is padded with copies of a real window, whose outputs are dropped. Within that fixed shape a
+row's result depends neither on its position, nor its neighbours, nor the intra-op thread count.
+TensorFlow (oneDNN) varies with the batch size too, and the same chunks make it invariant as well.
+All of it is held bitwise by tests/model/test_batch_invariance.py.
 """
 
 from __future__ import annotations
@@ -38,6 +50,13 @@ INPUT_NAME = "window"
 #: The only input transform this code knows how to apply; the manifest must name it.
 INPUT_TRANSFORM = "log(p_i / p_last)"
 VERSION_LENGTH = 12
+#: Rows in every model call: one input shape, so one choice of kernels and thread split for every
+#: window. A multiple of ONNX Runtime's 4-row vector blocks, so no real row falls in a scalar
+#: remainder. Padding only to a multiple of 4 is not enough: one call of 100,000 rows on 8 threads
+#: splits the Softplus at other boundaries (42 rows differed). 32 keeps throughput (1 thread:
+#: ~80,000 windows/s at batch 256 and 1,000, as one call did) at ~0.3 ms more for a batch of 1.
+#: Changing it may change forecasts in the last bits: it is part of the artifact's numerics.
+CHUNK_ROWS = 32
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -199,17 +218,27 @@ class _Base:
         raise NotImplementedError
 
     def predict_batch(self, windows: FloatArray) -> FloatArray:
+        """Windows -> quantiles, each row the same bits whatever batch the window came in."""
         inputs = relative_log_window(windows, self.window)
         rows = inputs.shape[0]
         if rows == 0:
             return np.zeros((0, len(self.quantiles)), dtype=np.float64)
-        out = np.asarray(self._run(inputs), dtype=np.float64)
-        if out.shape != (rows, len(self.quantiles)):
-            raise ModelError(
-                f"model {self.version} returned shape {out.shape} for {rows} windows;"
-                f" expected ({rows}, {len(self.quantiles)})"
-            )
-        return out
+        padded = -(-rows // CHUNK_ROWS) * CHUNK_ROWS
+        if padded != rows:
+            # copies of a real window, not zeros: padding never feeds the model a value it never saw
+            filler = np.broadcast_to(inputs[:1], (padded - rows, *inputs.shape[1:]))
+            inputs = np.concatenate([inputs, filler])
+        expected = (CHUNK_ROWS, len(self.quantiles))
+        chunks: list[FloatArray] = []
+        for start in range(0, padded, CHUNK_ROWS):
+            out = np.asarray(self._run(inputs[start : start + CHUNK_ROWS]), dtype=np.float64)
+            if out.shape != expected:
+                raise ModelError(
+                    f"model {self.version} returned shape {out.shape} for a chunk of {CHUNK_ROWS}"
+                    f" windows; expected {expected}"
+                )
+            chunks.append(out)
+        return np.concatenate(chunks)[:rows]
 
 
 class OnnxPredictor(_Base):
