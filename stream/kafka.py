@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import ConfigResource  # not re-exported in the stubs
 from confluent_kafka.cimpl import NewTopic
 
 from stream.config import Settings
@@ -447,6 +448,27 @@ def check_reachable(settings: Settings, timeout: float = 10.0) -> None:
             f"cannot reach Kafka at {settings.kafka.bootstrap_servers} "
             f"(kafka.bootstrap_servers): {exc.args[0].str() if exc.args else exc}"
         ) from None
+
+
+#: librdkafka's default `message.max.bytes`: the producer refuses larger messages itself
+PRODUCER_MAX_MESSAGE_BYTES = 1_000_000
+#: room left in a dead letter for its key (cut to 1 KiB), headers and record overhead
+_DEAD_LETTER_HEADROOM = 4096
+
+
+def dead_letter_limit(settings: Settings, topic: str) -> int:
+    """How large a dead letter's value may be for the broker and the client to take it: the
+    topic's `max.message.bytes` (asked of the broker) or the producer's limit, whichever is lower,
+    less room for the key and headers."""
+    broker_max = 1_048_588  # the broker's default, if the topic's own cannot be read
+    admin = AdminClient(settings.kafka.librdkafka_common())
+    try:
+        futures = admin.describe_configs([ConfigResource("topic", topic)])
+        entries = next(iter(futures.values())).result(timeout=10)
+        broker_max = int(entries["max.message.bytes"].value)
+    except (KafkaException, KeyError, ValueError, TypeError) as exc:
+        log.warning("max.message.bytes of %s unknown (%s); assuming %d", topic, exc, broker_max)
+    return max(1024, min(broker_max, PRODUCER_MAX_MESSAGE_BYTES) - _DEAD_LETTER_HEADROOM)
 
 
 def ensure_topics(

@@ -126,6 +126,9 @@ class Pipeline:
         source_topic: str,
         clock_ms: Callable[[], int],
         late_policy: Literal["dead_letter", "drop"] = "dead_letter",
+        *,
+        max_future_ms: int | None = None,
+        dead_letter_max_bytes: int | None = None,
     ) -> None:
         if late_policy not in ("dead_letter", "drop"):
             raise ValueError(f"late_policy must be 'dead_letter' or 'drop', got {late_policy!r}")
@@ -135,6 +138,10 @@ class Pipeline:
         self.source_topic = source_topic
         self.clock_ms = clock_ms
         self.late_policy = late_policy
+        #: a tick further than this ahead of the clock is `future` (None: no bound)
+        self.max_future_ms = max_future_ms
+        #: dead letters are cut to this many bytes, so the broker takes them (None: kept whole)
+        self.dead_letter_max_bytes = dead_letter_max_bytes
 
     def _quantile_indices(self) -> tuple[int, int, int]:
         """(lower, median, upper) columns of the model's outputs; read per batch (hot reload)."""
@@ -161,7 +168,13 @@ class Pipeline:
         stages = dict.fromkeys(STAGES, 0.0)
 
         t0 = clock()
-        ticks, dead_letters = decode_batch(records, max_message_bytes)
+        max_ts = None if self.max_future_ms is None else self.clock_ms() + self.max_future_ms
+        ticks, dead_letters = decode_batch(
+            records,
+            max_message_bytes,
+            max_ts=max_ts,
+            dead_letter_max_bytes=self.dead_letter_max_bytes,
+        )
         stages["decode"] = clock() - t0
 
         t0 = clock()
@@ -183,7 +196,7 @@ class Pipeline:
                         r.topic,
                         tick.partition,
                         tick.offset,
-                    )
+                    ).truncated(self.dead_letter_max_bytes)
                 )
 
         # The model as of this batch: a hot reload between prepare and finish does not mix two.

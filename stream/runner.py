@@ -34,7 +34,7 @@ from redis.retry import Retry
 
 from stream.checkpoint import Batch, Checkpoint
 from stream.contracts import Record
-from stream.errors import KafkaFailure, StoreUnavailable
+from stream.errors import KafkaFailure, StateLost, StoreUnavailable
 from stream.kafka import Offsets, Partition
 from stream.metrics import Health, Metrics
 from stream.pipeline import BatchResult, Prepared
@@ -221,14 +221,12 @@ class Runner:
         try:
             committed = self.source.committed(parts)
             self.checkpoint.assigned(committed)
-            recovery = self.recovery
-            if recovery is not None:
-                low = self.source.low_watermarks(list(committed))
-                self._with_redis(lambda: recovery.catch_up(committed, low))
         except KafkaFailure as exc:
             log.warning("recovery of %s deferred: %s", _names(parts), exc)
             self.to_recover = parts + self.to_recover
             return
+        if self._with_redis(lambda: self._catch_up(committed)) is None:
+            return  # a stop came while Redis was down
         self.source.resume(parts)
 
     # ------------------------------------------------------------ one batch
@@ -256,9 +254,7 @@ class Runner:
                 self._settle(wait=True)
             else:
                 self._complete_computing()
-        prepared = self._with_redis(
-            lambda: self.pipeline.prepare(records, self.config.max_message_bytes)
-        )
+        prepared = self._with_redis(lambda: self._prepare(batch))
         if prepared is None or batch.dropped:
             return  # abandoned during a stop, or rewound: never published, never committed
         previous, self.computing = self.computing, None
@@ -275,6 +271,31 @@ class Runner:
             self.checkpoint.publish(previous.batch, self.pipeline.finish(previous.prepared))
         if self.computing is None and self._compute(prepared):
             self.checkpoint.publish(batch, self.pipeline.finish(prepared))
+
+    def _prepare(self, batch: Batch) -> Prepared:
+        """pipeline.prepare; if Redis lost the state of the batch's partitions (flushed,
+        restarted empty), rebuild their windows from the topic up to this batch and try again.
+        Nothing of the batch was applied, so no forecast is lost or changed."""
+        while True:
+            try:
+                return self.pipeline.prepare(batch.records, self.config.max_message_bytes)
+            except StateLost as lost:
+                self.metrics.state_losses.inc()
+                lost_parts = set(lost.partitions)
+                upto = {p: o for p, o in batch.first.items() if p[1] in lost_parts}
+                log.warning("%s; rebuilding up to %s", lost, _offsets(upto))
+                self._catch_up(upto)
+
+    def _catch_up(self, upto: Offsets) -> bool:
+        """Rebuild the windows of `upto`'s partitions up to those offsets (exclusive). A Kafka
+        error or a new loss meanwhile is retried like Redis: the batch waits, nothing is
+        committed."""
+        if self.recovery is not None and upto:
+            try:
+                self.recovery.catch_up(upto, self.source.low_watermarks(list(upto)))
+            except (KafkaFailure, StateLost) as exc:
+                raise StoreUnavailable(f"rebuild: {exc}") from None
+        return True
 
     def _compute_and_fill(self, prepared: Prepared) -> None:
         """On the model thread. A failed fill is retried by the loop (`_await`)."""
@@ -353,6 +374,10 @@ class Runner:
             self.assignment, self.checkpoint.committed
         ).items():
             self.metrics.consumer_lag.labels(topic=topic, partition=str(part)).set(lag)
+
+
+def _offsets(offsets: Offsets) -> str:
+    return ",".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(offsets.items())) or "-"
 
 
 def _names(partitions: list[Partition]) -> str:

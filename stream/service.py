@@ -23,6 +23,7 @@ from stream.kafka import (
     Source,
     check_reachable,
     consumer_config,
+    dead_letter_limit,
     ensure_topics,
     producer_config,
     read_ranges,
@@ -126,6 +127,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         settings.topics.ticks,
         clock_ms=lambda: int(time.time() * 1000),
         late_policy=settings.window.late_policy,
+        max_future_ms=settings.window.max_future_ms,
+        dead_letter_max_bytes=settings.processing.dead_letter_max_bytes
+        or dead_letter_limit(settings, settings.topics.dead_letter),
     )
     exactly_once = settings.processing.guarantee == "exactly-once"
     processing = settings.processing

@@ -146,7 +146,7 @@ def test_every_full_window_is_published_in_order_and_committed() -> None:
     assert run_to_end(runner, source) is True
     assert per_symbol(forecasts(sink.delivered)) == EXPECTED
     assert source.group_committed == {(T, 0): N, (T, 1): N}
-    assert recovery.calls == [{}] and source.closed
+    assert recovery.calls == [] and source.closed
 
 
 def test_a_new_assignment_is_recovered_in_the_loop_before_it_is_read() -> None:
