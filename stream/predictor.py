@@ -19,10 +19,12 @@ not batch-invariant by itself: its element-wise Softplus runs rows in vector blo
 remainder through a scalar exp that differs in the last bits, so a row's result depended on the
 batch size (1,214 of 3,000 gold windows differed between batch 1 and one batch of 3,000). No
 session option changes that (graph optimisation off and use_deterministic_compute were tried). So
-every model call sees exactly CHUNK_ROWS rows: a batch is cut into chunks of that size and the last
-one is padded with copies of a real window, whose outputs are dropped. Within that fixed shape a
-row's result depends neither on its position, nor its neighbours, nor the intra-op thread count.
-TensorFlow (oneDNN) varies with the batch size too, and the same chunks make it invariant as well.
+every model call has a fixed shape, or one the kernels treat alike: with one intra-op thread (the
+default) a call's rows are padded to a multiple of PAD_ROWS with copies of a real window, so no
+real row falls in a scalar remainder (0.13 ms for a batch of 1); with several threads, whose split
+points depend on the shape, every call is exactly CHUNK_ROWS rows (0.42 ms for a batch of 1).
+Both give the same bits as each other, for any batch, position, neighbours and thread count.
+TensorFlow (oneDNN) varies with the batch size too, and runs in CHUNK_ROWS chunks as well.
 All of it is held bitwise by tests/model/test_batch_invariance.py.
 """
 
@@ -50,13 +52,16 @@ INPUT_NAME = "window"
 #: The only input transform this code knows how to apply; the manifest must name it.
 INPUT_TRANSFORM = "log(p_i / p_last)"
 VERSION_LENGTH = 12
-#: Rows in every model call: one input shape, so one choice of kernels and thread split for every
-#: window. A multiple of ONNX Runtime's 4-row vector blocks, so no real row falls in a scalar
-#: remainder. Padding only to a multiple of 4 is not enough: one call of 100,000 rows on 8 threads
-#: splits the Softplus at other boundaries (42 rows differed). 32 keeps throughput (1 thread:
-#: ~80,000 windows/s at batch 256 and 1,000, as one call did) at ~0.3 ms more for a batch of 1.
-#: Changing it may change forecasts in the last bits: it is part of the artifact's numerics.
+#: Rows in every model call with several intra-op threads (and TensorFlow): one input shape, so
+#: one choice of kernels and thread split for every window. Padding alone is not enough there: one
+#: call of 100,000 rows on 8 threads splits the Softplus at other boundaries (42 rows differed).
+#: 32 keeps throughput (~80,000 windows/s at batch 256 and 1,000, as one call did).
 CHUNK_ROWS = 32
+#: With one intra-op thread a call runs its rows in order and only the tail can take the scalar
+#: path: padding the rows to a multiple of 8 (24 outputs, whole vectors of 4 or 8 floats) makes
+#: every row take the vector path (0 of 3,000 gold windows differ in 200 random batches of up to
+#: 700, on an AVX-512 machine). Changing either constant may change forecasts in the last bits.
+PAD_ROWS = 8
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -213,6 +218,8 @@ class _Base:
         self.quantiles = manifest.quantiles
         self.interval = manifest.interval
         self.folder = manifest.folder
+        #: rows per model call; None: one call per batch, its rows padded to PAD_ROWS
+        self.chunk_rows: int | None = CHUNK_ROWS
 
     def _run(self, inputs: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
         raise NotImplementedError
@@ -223,19 +230,20 @@ class _Base:
         rows = inputs.shape[0]
         if rows == 0:
             return np.zeros((0, len(self.quantiles)), dtype=np.float64)
-        padded = -(-rows // CHUNK_ROWS) * CHUNK_ROWS
+        step = self.chunk_rows
+        padded = -(-rows // (step or PAD_ROWS)) * (step or PAD_ROWS)
         if padded != rows:
             # copies of a real window, not zeros: padding never feeds the model a value it never saw
             filler = np.broadcast_to(inputs[:1], (padded - rows, *inputs.shape[1:]))
             inputs = np.concatenate([inputs, filler])
-        expected = (CHUNK_ROWS, len(self.quantiles))
+        step = step or padded
         chunks: list[FloatArray] = []
-        for start in range(0, padded, CHUNK_ROWS):
-            out = np.asarray(self._run(inputs[start : start + CHUNK_ROWS]), dtype=np.float64)
-            if out.shape != expected:
+        for start in range(0, padded, step):
+            out = np.asarray(self._run(inputs[start : start + step]), dtype=np.float64)
+            if out.shape != (step, len(self.quantiles)):
                 raise ModelError(
-                    f"model {self.version} returned shape {out.shape} for a chunk of {CHUNK_ROWS}"
-                    f" windows; expected {expected}"
+                    f"model {self.version} returned shape {out.shape} for a call of {step}"
+                    f" windows; expected {(step, len(self.quantiles))}"
                 )
             chunks.append(out)
         return np.concatenate(chunks)[:rows]
@@ -248,6 +256,7 @@ class OnnxPredictor(_Base):
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
+        self.chunk_rows = None if intra_op_threads == 1 else CHUNK_ROWS
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3

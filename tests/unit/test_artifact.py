@@ -116,7 +116,7 @@ def test_predictor_checks_it_returns_one_row_per_window(artifact: Path) -> None:
     predictor = load_predictor(ModelSettings(path=str(artifact)), window_size=60)
     real_run = predictor._run  # type: ignore[attr-defined]
     predictor._run = lambda x: real_run(x)[:-1]  # type: ignore[attr-defined]
-    with pytest.raises(ModelError, match=r"returned shape \(3, 3\) for 4 windows"):
+    with pytest.raises(ModelError, match=r"returned shape \(7, 3\) for a call of 8 windows"):
         predictor.predict_batch(np.full((4, 60), 100.0))
 
 
