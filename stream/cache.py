@@ -4,6 +4,15 @@ Key `{prefix}:fc:{model_version}:{digest}`, value the raw float64 bytes of the m
 that window, so a cached forecast is bit-identical to a computed one. The model version in the key
 means a new model never serves an old model's answers. One round trip per batch for lookups
 (MGET) and one for fills (one script call); on a Redis Cluster, one of each per node.
+
+Entries live `cache.ttl_seconds` (120 s by default): the stream looks a result up only for a
+replayed window, and a redelivery comes from the uncommitted span (committed every 0.1 s), replayed
+after a crash or a rebalance within a restart's time. Longer costs memory in proportion to the
+rate: ~190 bytes per entry, so rate x TTL x 190 bytes (30,000 forecasts/s for 120 s: ~690 MB). A
+result no longer cached is recomputed bit for bit the same, so the TTL trades CPU for memory, never
+correctness. Every entry has a TTL and the windows have none, so Redis runs with
+`maxmemory-policy volatile-ttl`: under pressure it drops cached results, soonest to expire first,
+never a window.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ _UNAVAILABLE = (
     redis.exceptions.ConnectionError,  # includes BusyLoadingError
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,  # maxmemory reached with no cached result left to evict
 )
 
 _F64 = np.dtype("<f8")

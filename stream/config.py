@@ -105,7 +105,9 @@ class WindowSettings(_Section):
 
 class CacheSettings(_Section):
     enabled: bool = True
-    ttl_seconds: int = Field(default=86_400, ge=1)
+    #: How long a result can serve: a redelivery comes from the uncommitted span, replayed within
+    #: a restart's time; memory is rate x TTL x ~190 bytes (stream/cache.py, README "Redis memory").
+    ttl_seconds: int = Field(default=120, ge=1)
 
 
 class ModelSettings(_Section):

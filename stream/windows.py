@@ -1,19 +1,25 @@
 """Rolling price windows in Redis, idempotent under redelivery: one atomic Lua call per batch.
 
 Layout: one string per symbol, `{prefix}:win:{SYMBOL}` (the braces are a Redis Cluster hash tag),
-a fixed-capacity ring of C = W + R entries, in regions so that a window is one or two contiguous
-byte ranges and an append copies the tick's bytes as they came:
+a ring of C entries, in regions so that a window is one or two contiguous byte ranges and an
+append copies the tick's bytes as they came:
 
-    [0, 56)              header: 7 little-endian float64: layout version (1), capacity C,
+    [0, 64)              header: 8 little-endian float64: layout version (2), capacity C,
                          count (entries ever appended), lineage start (seq of the first entry of
-                         the current partition), last ts, last offset, last partition
-    [56, 56 + 8C)        prices (float64, slot = seq mod C): a window is a contiguous range
+                         the current partition), last ts, last offset, last partition, first (the
+                         oldest seq the key was given; it holds max(first, count - C) on)
+    [64, 64 + 8C)        prices (float64, slot = seq mod C): a window is a contiguous range
     then 24C bytes       per slot: source offset, event ts, source partition (float64 each),
                          the tick's own bytes from the script's input
 
 Every number is a float64 because Redis Lua numbers are doubles; event times are limited to
-+-2**53 at decode for the same reason, offsets and partitions never get near it. The capacity is
-fixed when a key is created: a changed `window.history` applies to new symbols only.
++-2**53 at decode for the same reason, offsets and partitions never get near it. The capacity
+follows what redelivery can need (Redis memory is a budget): the ring grows, up to W + history,
+rather than overwrite entries not known to be committed, and `trim(committed)` (after commits)
+shrinks it to W entries plus those at or above the committed offset (each with the W-1 before
+it), with 64 free slots: a committed symbol costs 64 + 32 x (W + 64) bytes, 4,032 at W = 60. A
+key is rewritten with one SET when its capacity changes, so it holds no spare allocation. Keys of
+layout 1 (a 56-byte header, a fixed ring) are rewritten as layout 2 when first read.
 
 Per tick, the script decides (same partition as the last applied entry, unless noted):
 - first tick of a symbol, or offset above the last applied one: appended if its ts is above the
@@ -79,10 +85,12 @@ _START_AFRESH_LUA = (files("stream") / "windows_start_afresh.lua").read_text(enc
 
 # u32 window key index, u32 marker key index, price, offset, ts, partition (see windows_append_batch.lua)
 _TICK_RECORD = struct.Struct("<IIdddd")
-# per marker key: the batch's highest offset of its partition, 1.0 if seen before (see the script)
-_MARK_RECORD = struct.Struct("<dd")
+# per marker key: partition, the batch's highest offset there (-1: none), 1.0 if seen before,
+# the committed offset (-1: not known); see the script
+_MARK_RECORD = struct.Struct("<dddd")
 
 _APPENDED, _COMPLETE, _REPLAYED = ord("w"), ord("p"), ord("r")
+_DONE = ord("0")  # a key that holds no uncommitted entries (the script's `pending`)
 _COUNTED: dict[int, tuple[str, ...]] = {
     ord("p"): ("processed",),
     ord("w"): ("processed", "warming"),
@@ -99,6 +107,7 @@ _UNAVAILABLE = (
     redis.exceptions.ConnectionError,  # includes BusyLoadingError
     redis.exceptions.TimeoutError,
     redis.exceptions.ReadOnlyError,  # a replica promoted mid-failover
+    redis.exceptions.OutOfMemoryError,  # maxmemory reached with nothing left to evict
 )
 
 
@@ -119,7 +128,7 @@ class WindowBatch:
 
 
 class WindowStore:
-    """Per-symbol windows of `size` prices plus `history` replay entries, in Redis."""
+    """Per-symbol windows of `size` prices plus up to `history` replay entries, in Redis."""
 
     def __init__(
         self, client: redis.Redis, key_prefix: str, size: int, history: int, source_topic: str
@@ -135,6 +144,9 @@ class WindowStore:
         self._start_afresh = self._redis.script(_START_AFRESH_LUA)
         #: (node, partition) of every marker this store wrote or read: one gone means state lost
         self._seen: set[tuple[str, int]] = set()
+        #: symbol -> partition of its last tick, for symbols whose keys may hold entries above the
+        #: committed offset (appended to since `trim` found them all committed)
+        self._uncommitted: dict[str, int] = {}
 
     def window_key(self, symbol: str) -> str:
         return f"{self._prefix}:win:{{{symbol}}}"
@@ -164,23 +176,67 @@ class WindowStore:
             if tops.get(t.partition, -1) < t.offset:
                 tops[t.partition] = t.offset
         try:
+            marks = {p: (top, -1) for p, top in tops.items()}
             if not self._redis.cluster:
-                return self._append_on(SINGLE, ticks, tops)
+                batch, _ = self._append_on(SINGLE, ticks, marks)
+                self._note_uncommitted(ticks)
+                return batch
             by_node = self._redis.group([self.window_key(t.symbol) for t in ticks])
             # A cluster: each node's ticks in one call to it, and a call to every other node
             # too, with no ticks: each node raises its own markers of the batch's partitions to
             # the batch's last offset there (see `markers`), and checks them (state lost).
             parts = [
-                self._append_on(node, [ticks[i] for i in by_node.get(node, [])], tops)
+                self._append_on(node, [ticks[i] for i in by_node.get(node, [])], marks)[0]
                 for node in self._redis.nodes()
             ]
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis: window update failed: {exc}") from exc
+        self._note_uncommitted(ticks)
         return _merge(ticks, parts)
 
-    def _append_on(self, node: str, ticks: Sequence[Tick], tops: dict[int, int]) -> WindowBatch:
-        key_index: dict[str, int] = {}
-        mark_index = {p: i for i, p in enumerate(tops, 1)}
+    def _note_uncommitted(self, ticks: Sequence[Tick]) -> None:
+        uncommitted = self._uncommitted
+        for t in ticks:
+            uncommitted[t.symbol] = t.partition
+
+    def trim(self, committed: Mapping[int, int]) -> None:
+        """Shrink the keys of the symbols of these partitions to what redelivery can still need,
+        now that the group has committed up to these offsets (the next offset it will read).
+
+        Call it after commits (often; it is one script call per node, over the symbols that had
+        ticks since their last trim). A key keeps its W prices, and, of its entries at or above
+        the committed offset, each with the W-1 before it (free room of up to 2 x 64 entries
+        besides): once everything is committed a symbol costs one key of at most
+        64 + 32 x (W + 128) bytes, 6.1 KB at W = 60. While ticks are uncommitted, a key grows
+        to hold them, up to W + history entries.
+        """
+        symbols = [s for s, p in self._uncommitted.items() if p in committed]
+        if not symbols:
+            return
+        marks = {p: (-1, c) for p, c in committed.items()}
+        keys = [self.window_key(s) for s in symbols]
+        try:
+            for node, indexes in self._redis.group(keys).items():
+                on_node = [symbols[i] for i in indexes]
+                _, pending = self._append_on(node, [], marks, on_node)
+                for symbol, still in zip(on_node, pending, strict=True):
+                    if still == _DONE:
+                        del self._uncommitted[symbol]
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"redis: window trim failed: {exc}") from exc
+
+    def _append_on(
+        self,
+        node: str,
+        ticks: Sequence[Tick],
+        marks: dict[int, tuple[int, int]],
+        symbols: Sequence[str] = (),
+    ) -> tuple[WindowBatch, bytes]:
+        """One script call on `node`: `ticks` (all of symbols it holds), `marks` per partition
+        (the offset to raise the marker to, the committed offset; -1 for neither), `symbols`
+        (more keys to trim, without ticks)."""
+        key_index = {s: i for i, s in enumerate(symbols, 1)}
+        mark_index = {p: i for i, p in enumerate(marks, 1)}
         pack = _TICK_RECORD.pack
         records = []
         symbol_ids = []
@@ -189,16 +245,19 @@ class WindowStore:
             symbol_ids.append(ki)
             records.append(pack(ki, mark_index[t.partition], t.price, t.offset, t.ts, t.partition))
         keys = [self.window_key(s) for s in key_index]
-        keys += [self.marker_key(p, node) for p in tops]
-        keys += [self.epoch_key(p, node) for p in tops]
+        keys += [self.marker_key(p, node) for p in marks]
+        keys += [self.epoch_key(p, node) for p in marks]
         seen = self._seen
-        marks = b"".join(_MARK_RECORD.pack(top, (node, p) in seen) for p, top in tops.items())
+        packed = b"".join(
+            _MARK_RECORD.pack(p, top, top >= 0 and (node, p) in seen, com)
+            for p, (top, com) in marks.items()
+        )
         args: list[bytes | int] = [
             self.size,
             self.size + self.history,
             len(key_index),
             b"".join(records),
-            marks,
+            packed,
         ]
         try:
             reply: Any = self._redis.evalsha(self._append_batch, keys, args, node=node)
@@ -210,7 +269,7 @@ class WindowStore:
                     f"window store: {exc}; delete the {self._prefix}:win:* keys to rebuild them"
                 ) from None
             raise
-        partitions = list(tops)
+        partitions = list(marks)
         if len(reply) == 2:  # {'lost', marker indexes}: nothing was applied on this node
             lost = sorted(partitions[i - 1] for i in reply[1])
             self._seen = {(n, p) for n, p in seen if p not in lost}
@@ -220,9 +279,10 @@ class WindowStore:
                 node or "-",
             )
             raise StateLost(lost)
-        seen.update((node, p) for p in partitions)
+        seen.update((node, p) for p, (top, _) in marks.items() if top >= 0)
         outcomes: bytes = reply[0]
-        return self._assemble(ticks, symbol_ids, outcomes, reply[1], reply[2], reply[3])
+        batch = self._assemble(ticks, symbol_ids, outcomes, reply[1], reply[2], reply[3])
+        return batch, reply[4]
 
     def _assemble(
         self,

@@ -514,3 +514,77 @@ def test_the_script_follows_the_rules_on_random_timelines(
         assert got.counts["too_old"] == verdicts.count("too_old")
         assert got.counts["processed"] == verdicts.count("new") + verdicts.count("warming")
         assert got.counts["warming"] == verdicts.count("warming")
+
+
+def _usage(client: redis.Redis, key: str) -> int:
+    usage = client.memory_usage(key, samples=0)
+    assert isinstance(usage, int)
+    return usage
+
+
+def test_a_key_grows_with_the_uncommitted_ticks_and_shrinks_once_committed(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """Issue 12: a window key is 64 + 32 x capacity bytes (MEMORY USAGE adds the allocator's
+    rounding and Redis's own ~100 bytes per key); once committed, at most 16 KB."""
+    store = WindowStore(redis_client, key_prefix, size=60, history=3072, source_topic="ticks")
+    key = store.window_key("A")
+    for start in range(0, 3000, 500):
+        store.append_batch([tick(o) for o in range(start, start + 500)])
+    raw = raw_state(redis_client, store)
+    assert raw is not None
+    cap = int(np.frombuffer(raw[:64], "<f8")[1])
+    assert len(raw) == 64 + 32 * cap and 3000 <= cap <= 3132
+    # jemalloc rounds up to its size class: at most a quarter more
+    assert 64 + 32 * cap <= _usage(redis_client, key) <= (64 + 32 * cap) * 1.25 + 200
+
+    store.trim({0: 2900})  # offsets 2900..2999 may still be redelivered
+    raw = raw_state(redis_client, store)
+    assert raw is not None and len(raw) <= 64 + 32 * (100 + 59 + 128)
+    again = store.append_batch([tick(o) for o in range(2900, 3000)])
+    assert windows_of(again) == [prices(o - 59, o) for o in range(2900, 3000)]
+    assert store.append_batch([tick(2700)]).counts["too_old"] == 1  # committed long ago
+
+    store.trim({0: 3000})
+    raw = raw_state(redis_client, store)
+    assert raw is not None and len(raw) <= 64 + 32 * (60 + 128)
+    assert _usage(redis_client, key) <= 16_384
+    assert windows_of(store.append_batch([tick(3000)])) == [prices(2941, 3000)]
+    assert _usage(redis_client, key) <= 4_300  # 64 + 32 x (60 + 64) = 4,032 bytes, and Redis's own
+
+
+def test_trim_touches_only_symbols_with_ticks_since_and_of_the_given_partitions(
+    store: WindowStore, redis_commands_sent: list[str]
+) -> None:
+    store.append_batch([Tick("A", 1.0 + o, o, 0, o) for o in range(10)])
+    store.append_batch([Tick("B", 1.0 + o, o, 1, o) for o in range(10)])
+    redis_commands_sent.clear()
+    store.trim({2: 5})
+    assert redis_commands_sent == []
+    store.trim({0: 10, 1: 5})
+    assert redis_commands_sent == ["EVALSHA"]
+    store.trim({0: 10})  # A is all committed: nothing left to do
+    assert redis_commands_sent == ["EVALSHA"]
+
+
+def _v1_key(entries: list[Tick], cap: int) -> bytes:
+    """A window key as layout 1 wrote it (56-byte header, a fixed ring of `cap` entries)."""
+    prices, meta = bytearray(8 * cap), bytearray(24 * cap)
+    for seq, t in enumerate(entries):
+        slot = seq % cap
+        prices[8 * slot : 8 * slot + 8] = np.float64(t.price).tobytes()
+        meta[24 * slot : 24 * slot + 24] = np.array([t.offset, t.ts, t.partition], "<f8").tobytes()
+    last = entries[-1]
+    header = np.array([1, cap, len(entries), 0, last.ts, last.offset, last.partition], "<f8")
+    return header.tobytes() + bytes(prices) + bytes(meta)
+
+
+def test_a_key_of_layout_1_is_read_and_rewritten_as_layout_2(
+    store: WindowStore, redis_client: redis.Redis
+) -> None:
+    redis_client.set(store.window_key("A"), _v1_key(run(range(12)), cap=9))
+    b = store.append_batch([tick(8), tick(12)])
+    assert windows_of(b) == [prices(4, 8), prices(8, 12)]
+    assert b.windows[0].replayed and not b.windows[1].replayed
+    raw = raw_state(redis_client, store)
+    assert raw is not None and np.frombuffer(raw[:8], "<f8")[0] == 2
