@@ -234,6 +234,18 @@ class Source:
                 log.warning('no watermarks partition="%s[%d]": %s', tp.topic, tp.partition, exc)
         return out
 
+    def high_watermarks(self, partitions: list[Partition], timeout: float = 10.0) -> Offsets:
+        """The partitions' current end offsets, asked of the broker (not the fetcher's cache)."""
+        out: Offsets = {}
+        for tp in _tps(partitions):
+            try:
+                out[(tp.topic, tp.partition)] = self._consumer.get_watermark_offsets(
+                    tp, timeout=timeout, cached=False
+                )[1]
+            except KafkaException as exc:
+                raise failure(exc, f"watermarks of {tp.topic}[{tp.partition}]") from None
+        return out
+
     def lag(self, partitions: list[Partition], committed: Mapping[Partition, int]) -> Offsets:
         """High watermark minus committed offset, as `kafka-consumer-groups --describe` computes it.
 

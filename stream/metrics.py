@@ -137,6 +137,9 @@ class Metrics:
         self.redis_errors = counter("redis_errors", "Redis calls that failed")
         self.kafka_errors = counter("kafka_errors", "Kafka client errors", ("code",))
         self.batches = counter("batches", "Batches committed")
+        self.topic_recreated = counter(
+            "topic_recreated", "Input partitions found recreated (started afresh)"
+        )
         self.state_losses = counter(
             "state_losses", "Batches that found Redis had lost their windows (then rebuilt)"
         )

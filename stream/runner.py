@@ -59,6 +59,7 @@ class SourceLike(Protocol):
     def consume(self, max_records: int, timeout: float) -> list[Record]: ...
     def committed(self, partitions: list[Partition], timeout: float = ...) -> Offsets: ...
     def low_watermarks(self, partitions: list[Partition], timeout: float = ...) -> Offsets: ...
+    def high_watermarks(self, partitions: list[Partition], timeout: float = ...) -> Offsets: ...
     def resume(self, partitions: list[Partition]) -> None: ...
     def lag(self, partitions: list[Partition], committed: Mapping[Partition, int]) -> Offsets: ...
     def close(self) -> None: ...
@@ -67,6 +68,7 @@ class SourceLike(Protocol):
 class RecoveryLike(Protocol):
     """stream.rebuild.Rebuilder: bring the windows up to the committed offsets."""
 
+    def discard_recreated(self, high_watermarks: Offsets) -> list[Partition]: ...
     def catch_up(self, committed: Offsets, low_watermarks: Offsets) -> int: ...
 
 
@@ -108,6 +110,7 @@ class Runner:
         health: Health,
         *,
         recovery: RecoveryLike | None = None,
+        trim: Callable[[Offsets], None] = lambda committed: None,
         between_batches: Callable[[], None] = lambda: None,
         on_sighup: Callable[[], None] | None = None,
         wall_clock: Callable[[], float] = time.time,
@@ -119,6 +122,10 @@ class Runner:
         self.metrics = metrics
         self.health = health
         self.recovery = recovery
+        #: shrinks the window store to what redelivery can still need after commits
+        self.trim = trim
+        self._trimmed: Offsets = {}
+        self._last_trim = 0.0
         self.between_batches = between_batches
         self.on_sighup = on_sighup
         self.wall_clock = wall_clock
@@ -164,6 +171,7 @@ class Runner:
                 if records:
                     self._handle(records)
                 self._settle()
+                self._trim()
                 self._update_lag()
                 self.between_batches()
             self._complete_computing()
@@ -220,6 +228,11 @@ class Runner:
         parts, self.to_recover = self.to_recover, []
         try:
             committed = self.source.committed(parts)
+            if self.recovery is not None:
+                # A recreated topic starts afresh; the group's offsets there belong to the old one.
+                high = self.source.high_watermarks(parts)
+                recreated = set(self._with_redis(lambda: self._recreated(high)) or ())
+                committed = {p: o for p, o in committed.items() if p not in recreated}
             self.checkpoint.assigned(committed)
         except KafkaFailure as exc:
             log.warning("recovery of %s deferred: %s", _names(parts), exc)
@@ -285,6 +298,10 @@ class Runner:
                 upto = {p: o for p, o in batch.first.items() if p[1] in lost_parts}
                 log.warning("%s; rebuilding up to %s", lost, _offsets(upto))
                 self._catch_up(upto)
+
+    def _recreated(self, high: Offsets) -> list[Partition]:
+        assert self.recovery is not None
+        return self.recovery.discard_recreated(high)
 
     def _catch_up(self, upto: Offsets) -> bool:
         """Rebuild the windows of `upto`'s partitions up to those offsets (exclusive). A Kafka
@@ -363,6 +380,22 @@ class Runner:
             log.info("redis reachable again; resuming")
             self.health.redis_ok = True
         return result
+
+    def _trim(self) -> None:
+        """After commits, at most twice a second: shrink the window keys of what was committed.
+        A failure is only a missed saving (the next trim covers it): counted, never fatal."""
+        now = time.monotonic()
+        committed = self.checkpoint.committed
+        if committed == self._trimmed or now - self._last_trim < 0.5:
+            return
+        self._last_trim = now
+        try:
+            self.trim(dict(committed))
+        except StoreUnavailable as exc:
+            self.metrics.redis_errors.inc()
+            log.warning("window trim failed (retried after the next commit): %s", exc)
+            return
+        self._trimmed = dict(committed)
 
     def _update_lag(self) -> None:
         """Refresh the lag gauge, at most once a second."""

@@ -169,6 +169,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         processing.max_message_bytes,
         settings.window.rebuild_max_ticks,
         on_rebuilt=lambda n: metrics.ticks.labels(outcome="rebuilt").inc(n),
+        on_recreated=lambda partition: metrics.topic_recreated.inc(),
     )
 
     def swap(new: Predictor) -> None:
@@ -188,6 +189,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         metrics,
         health,
         recovery=rebuilder,
+        trim=lambda committed: store.trim({p: o for (_, p), o in committed.items()}),
         between_batches=reloader.between_batches,
         on_sighup=reloader.request,
     )

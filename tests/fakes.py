@@ -276,6 +276,11 @@ class FakeSource:
     ) -> dict[Partition, int]:
         return dict.fromkeys(partitions, 0)
 
+    def high_watermarks(
+        self, partitions: list[Partition], timeout: float = 10.0
+    ) -> dict[Partition, int]:
+        return {p: len(self.log.get(p, [])) for p in partitions}
+
     def resume(self, partitions: list[Partition]) -> None:
         self.resumed.update(partitions)
 

@@ -50,6 +50,9 @@ class Recovery:
         self.source = source
         self.calls: list[Offsets] = []
 
+    def discard_recreated(self, high_watermarks: Offsets) -> list[tuple[str, int]]:
+        return []
+
     def catch_up(self, committed: Offsets, low_watermarks: Offsets) -> int:
         # Recovery runs while the new partitions are still paused.
         assert not self.source.resumed & set(committed) or not committed
@@ -261,3 +264,25 @@ def test_exactly_once_survives_a_transaction_error_with_each_forecast_once(error
     assert run_to_end(runner, source, fail_once) is True
     assert checkpoint.rewinds == 1 and sink.renewals == (error == "fatal")
     assert per_symbol(forecasts(sink.committed_output)) == EXPECTED
+
+
+def test_the_window_store_is_trimmed_to_what_was_committed() -> None:
+    runner, source, sink, _, _ = make()
+    trims: list[Offsets] = []
+    runner.trim = trims.append
+    runner._last_trim = -1e9
+    run_to_end(runner, source)
+    # Trimmed (at most twice a second) and never past a commit.
+    assert trims and all(
+        t.get(p, 0) <= source.group_committed.get(p, 0) for t in trims for p in PARTS
+    )
+
+
+def test_a_recreated_partition_is_not_caught_up_to_its_stale_committed_offset() -> None:
+    runner, source, sink, checkpoint, recovery = make()
+    source.group_committed = {(T, 0): 10_000, (T, 1): 5}  # partition 0's topic was recreated
+    recovery.discard_recreated = lambda high: [(T, 0)]  # type: ignore[method-assign]
+    source.position[(T, 0)] = 0  # the consumer resets to the new topic's start
+    run_to_end(runner, source)
+    assert recovery.calls == [{(T, 1): 5}]
+    assert per_symbol(forecasts(sink.delivered))["A"] == EXPECTED["A"]
