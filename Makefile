@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down status test unit lint typecheck fmt demo bench train evaluate lock clean
+.PHONY: help install up down status test faults unit lint typecheck fmt demo bench train evaluate lock clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,6 +38,11 @@ test: $(STAMP) ## install, start local Kafka + Redis unless configured, lint, ty
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The fault suite (tests/faults) runs inside `make test` at small sizes; this is its full size.
+faults: $(STAMP) ## the fault suite at full size: SIGKILLs, Redis and broker loss, 10,000 poison messages
+	@if [ -z "$$TICKCAST_KAFKA__BOOTSTRAP_SERVERS" ] || [ -z "$$TICKCAST_REDIS__URL" ]; then $(BIN)/tickcast services up; fi
+	TICKCAST_FAULTS_FULL=1 $(BIN)/pytest -m faults tests/faults $(PYTEST_ARGS)
 
 unit: $(STAMP) ## the fast tests only (no Kafka, no Redis)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
