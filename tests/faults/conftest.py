@@ -9,6 +9,7 @@ import os
 import signal
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,11 @@ class PrivateKafka:
     def start(self) -> float:
         """Start (or restart, on the same data) and wait until it answers; seconds taken."""
         started = time.monotonic()
-        localinfra.start_kafka(self.layout, self.ports, ready_timeout=120)
+        with warnings.catch_warnings():
+            # start_kafka lets go of its Popen while the broker runs (it is stopped by pid, as
+            # `make down` does): its ResourceWarning says so, and is no news here.
+            warnings.simplefilter("ignore", ResourceWarning)
+            localinfra.start_kafka(self.layout, self.ports, ready_timeout=120)
         return time.monotonic() - started
 
     def kill(self) -> None:
