@@ -64,7 +64,7 @@ SIZES = (
         broker_rows=1000,
         broker_rate=300.0,
         corpus=10_000,
-        huge=5,
+        huge=6,
         corpus_symbols=20,
         corpus_rows=1000,
     )
@@ -83,7 +83,7 @@ SIZES = (
         broker_rows=300,
         broker_rate=100.0,
         corpus=2_000,
-        huge=2,
+        huge=3,
         corpus_symbols=6,
         corpus_rows=200,
     )
