@@ -28,6 +28,7 @@ partitions; `lost` drops their batches without committing (another member owns t
 from __future__ import annotations
 
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -68,11 +69,13 @@ class SinkLike(Protocol):
     def poll(self, timeout: float = ...) -> None: ...
     def flush(self, timeout: float) -> int: ...
     def begin(self) -> None: ...
-    def transaction(
+    def send_offsets(
         self, offsets: Mapping[Partition, int], group_metadata: object, timeout: float
     ) -> None: ...
+    def commit(self, timeout: float) -> None: ...
     def abort(self, timeout: float) -> None: ...
     def renew(self) -> None: ...
+    def close(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -124,6 +127,8 @@ class Checkpoint(ABC):
         self.rewinds = 0
         #: (stage, seconds) of the produce and commit steps, for the batch-time metric
         self.observe: Callable[[str, float], None] = lambda stage, seconds: None
+        #: monotonic time by which a requested stop must be over (inf: no stop requested)
+        self.stop_deadline = math.inf
 
     # ------------------------------------------------------------ the batch's life
 
@@ -144,6 +149,23 @@ class Checkpoint(ABC):
     def in_flight(self) -> int:
         return len(self.open)
 
+    def stop_by(self, deadline: float) -> None:
+        """A stop was requested: no Kafka call may outlast `deadline` (monotonic)."""
+        self.stop_deadline = deadline
+
+    def _within(self, call: Callable[[float], bool], timeout_s: float) -> bool:
+        """Call `call(slice_s)` until it returns True, in slices of at most a second, for up to
+        `timeout_s` and never past the stop deadline; False if the time ran out. A blocking
+        librdkafka call cannot be interrupted by a signal, so it is only ever given a slice."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            # Re-read each time: a stop may be requested while this waits.
+            left = min(deadline, self.stop_deadline) - time.monotonic()
+            if left <= 0:
+                return False
+            if call(min(1.0, left)):
+                return True
+
     # ------------------------------------------------------------ rebalance and stop
 
     def assigned(self, committed: Mapping[Partition, int]) -> None:
@@ -162,8 +184,11 @@ class Checkpoint(ABC):
         self._forget(partitions)
 
     def close(self, timeout_s: float) -> bool:
-        """Deliver and commit what can be within `timeout_s`; True if nothing was left undone."""
-        return self.finish(timeout_s)
+        """Deliver and commit what can be within `timeout_s`, then drop what the producer still
+        holds; True if nothing was left undone."""
+        complete = self.finish(timeout_s)
+        self.sink.close()
+        return complete
 
     @abstractmethod
     def finish(self, timeout_s: float) -> bool:
@@ -314,9 +339,11 @@ class AtLeastOnce(Checkpoint):
                 self.committed[p] = max(o, self.committed.get(p, -1))
 
     def finish(self, timeout_s: float) -> bool:
-        left = self.sink.flush(timeout_s) if self._published else 0
+        if self._published:
+            self._within(lambda t: self.sink.flush(t) == 0, timeout_s)
+            self.sink.poll(0)  # the reports that arrived, even with no time left to wait
         self._take_acknowledged()
-        complete = not left and not self._published and not self.open
+        complete = not self._published and not self.open
         if not complete:
             log.warning(
                 "%d batches not acknowledged in %.1f s; left uncommitted (they will be redone)",
@@ -359,11 +386,22 @@ class Transactional(Checkpoint):
         super().__init__(source, sink, topics)
         self.timeout_s = timeout_s
         self._done: list[Batch] = []
+        #: after a fatal error: the producer still to be replaced, and the partitions still to be
+        #: rewound to the group's committed offsets (both retried before the next transaction)
+        self._renew = False
+        self._rewind_to_committed: dict[Partition, int] = {}
+        #: a failed batch has not been redone by a committed transaction yet
+        self._redo_pending = False
 
     def publish(self, batch: Batch, output: BatchResult) -> None:
         """The batch's output and its input offsets in one transaction, committed before the next
         batch is consumed. On failure the batch (and any opened after it) is dropped and rewound."""
         if batch.dropped:
+            return
+        if self._renew or self._rewind_to_committed:
+            # Consumed before the rewind a fatal error needs: redone after it, never published.
+            self._repair()
+            self._drop_open()
             return
         batch.output = output
         started = time.perf_counter()
@@ -373,13 +411,18 @@ class Transactional(Checkpoint):
             produced = time.perf_counter()
             # commit_transaction flushes too; flushing first lets a delivery error abort the
             # transaction here instead of surfacing as a commit error.
-            if self.sink.flush(self.timeout_s):
+            if not self._within(lambda t: self.sink.flush(t) == 0, self.timeout_s):
                 raise KafkaFailure("delivery timed out", "timed_out", abortable=True)
             if batch.latch.error is not None:
                 raise KafkaFailure(
                     f"delivery failed: {batch.latch.error}", "delivery", abortable=True
                 )
-            self.sink.transaction(batch.next, self.source.group_metadata(), self.timeout_s)
+            metadata = self.source.group_metadata()
+            if not self._within(
+                lambda t: _retrying(lambda: self.sink.send_offsets(batch.next, metadata, t)),
+                self.timeout_s,
+            ) or not self._within(lambda t: _retrying(lambda: self.sink.commit(t)), self.timeout_s):
+                raise KafkaFailure("transaction commit timed out", "timed_out", abortable=True)
         except KafkaFailure as exc:
             self._recover(exc)
             return
@@ -387,35 +430,60 @@ class Transactional(Checkpoint):
         self.observe("commit", time.perf_counter() - produced)
         self.open.remove(batch)
         self.committed.update(batch.next)
+        self._redo_pending = False
         self._done.append(batch)
 
-    def _recover(self, exc: KafkaFailure) -> None:
+    def _drop_open(self) -> list[Batch]:
         failed = list(self.open)
         self.open.clear()
         for batch in failed:
             batch.dropped = True
+        return failed
+
+    def _recover(self, exc: KafkaFailure) -> None:
+        failed = self._drop_open()
+        self._redo_pending = True
         if not exc.fatal:
+            left = self.stop_deadline - time.monotonic()
             try:
-                self.sink.abort(self.timeout_s)
+                self.sink.abort(max(0.001, min(self.timeout_s, left)))
             except KafkaFailure as abort_exc:
                 # An abort that fails (INVALID_TXN_STATE after a broker restart, a timeout)
                 # leaves the transaction's state unknown: the producer is replaced like a fatal one.
                 exc = abort_exc
                 exc.fatal = True
-        if exc.fatal:
-            # The producer cannot be used again: a new one (init_transactions fences and aborts
-            # what the old one left open), and the consumer back to what the group committed.
-            log.error("producer failed fatally, replacing it: %s", exc)
-            self.sink.renew()
-            parts = sorted({p for b in failed for p in b.first})
-            committed = self.source.committed(parts) if parts else {}
-            self.committed.update(committed)
-            start = {
-                p: committed.get(p, min(b.first[p] for b in failed if p in b.first)) for p in parts
-            }
-            self._seek(start, str(exc))
+        if not exc.fatal:
+            self._rewind(failed, str(exc))
             return
-        self._rewind(failed, str(exc))
+        # The producer cannot be used again: a new one (init_transactions fences and aborts what
+        # the old one left open), and the consumer back to what the group committed, since the
+        # failed commit may or may not have happened. Both need the broker: done before the next
+        # transaction, retried until they succeed (or the stop, which leaves them to the restart).
+        log.error("producer failed fatally, replacing it: %s", exc)
+        self._renew = True
+        for b in failed:
+            for p, o in b.first.items():
+                self._rewind_to_committed.setdefault(p, o)
+        self._repair()
+
+    def _repair(self) -> None:
+        """Finish the recovery from a fatal error: renew the producer, rewind to the committed
+        offsets. While the broker cannot be reached it is retried before the next batch."""
+        if self.stop_deadline < math.inf:
+            return  # stopping: the restart's init_transactions fences what is left open
+        try:
+            if self._renew:
+                self.sink.renew()
+                self._renew = False
+            parts = sorted(self._rewind_to_committed)
+            committed = self.source.committed(parts) if parts else {}
+        except KafkaFailure as exc:
+            log.warning("producer recovery deferred: %s", exc)
+            return
+        self.committed.update(committed)
+        start = {p: committed.get(p, o) for p, o in self._rewind_to_committed.items()}
+        self._rewind_to_committed = {}
+        self._seek(start, "after a fatal producer error")
 
     def settle(self, wait: bool = False) -> list[Batch]:
         self.sink.poll(0)
@@ -425,8 +493,20 @@ class Transactional(Checkpoint):
     def finish(self, timeout_s: float) -> bool:
         # Each batch's transaction commits in `publish`; an opened batch that never got there is
         # simply not committed (it will be redone).
-        complete = not self.open
+        complete = not self.open and not self._redo_pending
         for batch in self.open:
             batch.dropped = True
         self.open.clear()
         return complete
+
+
+def _retrying(call: Callable[[], None]) -> bool:
+    """True if `call` succeeded; False if it timed out in a way librdkafka says to retry (the same
+    call resumes the operation); any other failure is raised."""
+    try:
+        call()
+    except KafkaFailure as exc:
+        if exc.retriable and not exc.abortable and not exc.fatal:
+            return False
+        raise
+    return True

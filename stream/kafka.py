@@ -63,6 +63,12 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
             "session.timeout.ms": settings.kafka.session_timeout_ms,
             "max.poll.interval.ms": 300_000,
             "fetch.wait.max.ms": 10,
+            # Fair under a backlog: each fetch brings at most 64 KiB (~1,000 ticks) per partition,
+            # so the local queue interleaves the partitions in small runs. With librdkafka's 1 MiB
+            # default a backlog was drained one partition after another (lag and latency uneven,
+            # nothing committed on the others). 64 KiB x 6 partitions still fills a 1,000-tick
+            # batch many times over per fetch.
+            "max.partition.fetch.bytes": 65_536,
             "queued.max.messages.kbytes": 32_768,
             "partition.assignment.strategy": "range",
         }
@@ -391,17 +397,30 @@ class Sink:
         """Wait up to `timeout` for every delivery report; returns how many are still due."""
         return int(self._producer.flush(timeout))
 
-    def transaction(
+    def send_offsets(
         self, offsets: Mapping[Partition, int], group_metadata: object, timeout: float
     ) -> None:
-        """Send a batch's input offsets to the open transaction and commit it."""
+        """Add a batch's input offsets to the open transaction."""
         try:
             self._producer.send_offsets_to_transaction(
                 _offset_tps(offsets), group_metadata, timeout
             )
+        except KafkaException as exc:
+            raise failure(exc, "send offsets to the transaction") from None
+
+    def commit(self, timeout: float) -> None:
+        """Commit the open transaction (a timed-out call may be repeated to resume it)."""
+        try:
             self._producer.commit_transaction(timeout)
         except KafkaException as exc:
             raise failure(exc, "commit transaction") from None
+
+    def close(self) -> None:
+        """Drop whatever is still queued: destroying a producer with undelivered messages would
+        block until message.timeout.ms (minutes) when the broker is gone. What was not delivered
+        is not committed, and is redone after the restart."""
+        self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+        self._producer.flush(0)
 
     def begin(self) -> None:
         try:

@@ -130,6 +130,7 @@ class Runner:
         self.on_sighup = on_sighup
         self.wall_clock = wall_clock
         self.stopping = False
+        self._stop_deadline = 0.0
         self.assignment: list[Partition] = []
         #: assigned partitions, paused until their committed offsets are read and windows rebuilt
         self.to_recover: list[Partition] = []
@@ -158,6 +159,10 @@ class Runner:
             signal.signal(signal.SIGHUP, lambda signum, frame: sighup())
 
     def stop(self) -> None:
+        if not self.stopping:
+            # From here on no Kafka or Redis wait may outlast processing.shutdown_timeout_s.
+            self._stop_deadline = time.monotonic() + self.config.shutdown_timeout_s
+            self.checkpoint.stop_by(self._stop_deadline)
         self.stopping = True
         self.health.stopping = True
 
@@ -178,7 +183,12 @@ class Runner:
         finally:
             # After an error the batch in the model is abandoned: uncommitted, so redone.
             self.computing = None
-            clean = self.checkpoint.close(self.config.shutdown_timeout_s)
+            timeout = (
+                max(self._stop_deadline - time.monotonic(), 0.0)
+                if self.stopping
+                else self.config.shutdown_timeout_s
+            )
+            clean = self.checkpoint.close(timeout)
             self.source.close()
             if self._model_thread is not None:
                 self._model_thread.shutdown(wait=False, cancel_futures=True)
@@ -263,6 +273,8 @@ class Runner:
         # At most max_in_flight batches appended to the windows and not yet acknowledged, besides
         # this one (window.history is checked at start to cover them).
         while self.checkpoint.in_flight > self.config.max_in_flight and not batch.dropped:
+            if self.stopping:
+                return  # left uncommitted; the stop delivers and commits what came before it
             if self.checkpoint.in_flight - (self.computing is not None) > 1:
                 self._settle(wait=True)
             else:

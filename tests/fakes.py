@@ -146,6 +146,8 @@ class FakeSink:
         self.transaction_error: KafkaFailure | None = None
         self.abort_error: KafkaFailure | None = None
         self.renewals = 0
+        self.renew_error: KafkaFailure | None = None
+        self._offsets: dict[Partition, int] = {}
         #: messages of committed transactions, and of open ones
         self.committed_output: list[Produced] = []
         self._txn: list[Produced] = []
@@ -194,15 +196,21 @@ class FakeSink:
         self.calls.append("begin")
         self._txn = []
 
-    def transaction(
+    def send_offsets(
         self, offsets: Mapping[Partition, int], group_metadata: object, timeout: float
     ) -> None:
-        self.calls.append(f"commit {dict(offsets)}")
+        self._offsets = dict(offsets)
+
+    def commit(self, timeout: float) -> None:
+        self.calls.append(f"commit {self._offsets}")
         if self.transaction_error is not None:
             err, self.transaction_error = self.transaction_error, None
             raise err
         self.committed_output += self._txn
         self._txn = []
+
+    def close(self) -> None:
+        self.pending = []
 
     def abort(self, timeout: float) -> None:
         self.calls.append("abort")
@@ -212,6 +220,9 @@ class FakeSink:
             raise err
 
     def renew(self) -> None:
+        if self.renew_error is not None:
+            err, self.renew_error = self.renew_error, None
+            raise err
         self.calls.append("renew")
         self.renewals += 1
         self._txn = []
@@ -291,3 +302,22 @@ class FakeSource:
 
     def close(self) -> None:
         self.closed = True
+
+
+class TimingOutSink(FakeSink):
+    """A transactional producer whose broker went away: commits time out (retriable, as
+    librdkafka reports them), each call taking the time it was given."""
+
+    def commit(self, timeout: float) -> None:
+        import time
+
+        time.sleep(timeout)
+        self.calls.append("commit timed out")
+        raise KafkaFailure("commit transaction: _TIMED_OUT", "_TIMED_OUT", retriable=True)
+
+    def abort(self, timeout: float) -> None:
+        import time
+
+        time.sleep(timeout)
+        self.calls.append("abort timed out")
+        raise KafkaFailure("abort transaction: _TIMED_OUT", "_TIMED_OUT", retriable=True)

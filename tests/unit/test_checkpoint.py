@@ -12,7 +12,7 @@ from stream.checkpoint import AtLeastOnce, Batch, Topics, Transactional, open_ba
 from stream.contracts import Forecast, Record, Rejected, Source
 from stream.errors import KafkaFailure
 from stream.pipeline import BatchResult
-from tests.fakes import FakeSink, FakeSource
+from tests.fakes import FakeSink, FakeSource, TimingOutSink
 
 T = "ticks"
 TOPICS = Topics("forecasts", "ticks.dlq")
@@ -301,3 +301,33 @@ def test_exactly_once_shutdown_reports_an_unfinished_batch(stuck: bool) -> None:
     if stuck:
         cp.open_batch(records(0, 2, 2))
     assert cp.close(timeout_s=1) is (not stuck)
+
+
+def test_a_stop_bounds_a_transaction_that_cannot_commit() -> None:
+    # Broker gone mid-transaction, SIGTERM: no call may outlast the stop deadline, and the
+    # producer is not replaced while stopping (the restart's init_transactions fences it).
+    import time
+
+    sink, source = TimingOutSink(), FakeSource()
+    cp = Transactional(source, sink, TOPICS, timeout_s=30)
+    cp.stop_by(time.monotonic() + 0.5)
+    started = time.monotonic()
+    batch = publish(cp, records(0, 0, 2))
+    assert time.monotonic() - started < 1.5
+    assert batch.dropped and sink.renewals == 0 and sink.committed_output == []
+    assert cp.close(timeout_s=0) is False  # the dropped batch is left to the restart: exit 3
+
+
+def test_a_fatal_error_is_repaired_once_the_broker_answers_again() -> None:
+    sink, source = FakeSink(), FakeSource()
+    source.group_committed = {(T, 0): 2}
+    cp = Transactional(source, sink, TOPICS)
+    publish(cp, records(0, 0, 2))
+    sink.transaction_error = KafkaFailure("fenced", "_FENCED", fatal=True)
+    sink.renew_error = KafkaFailure("init transactions: _TIMED_OUT", "_TIMED_OUT", retriable=True)
+    assert publish(cp, records(0, 2, 2)).dropped  # renew fails: repair deferred
+    assert sink.renewals == 0 and source.seeks == []
+    later = publish(cp, records(0, 4, 2))  # the broker is back: renew, rewind, this one dropped
+    assert later.dropped and sink.renewals == 1 and source.seeks == [{(T, 0): 2}]
+    assert not publish(cp, records(0, 2, 2)).dropped
+    assert len(sink.committed_output) == 4

@@ -267,7 +267,7 @@ def test_exactly_once_survives_a_transaction_error_with_each_forecast_once(error
 
 
 def test_the_window_store_is_trimmed_to_what_was_committed() -> None:
-    runner, source, sink, _, _ = make()
+    runner, source, _, _, _ = make()
     trims: list[Offsets] = []
     runner.trim = trims.append
     runner._last_trim = -1e9
@@ -279,10 +279,27 @@ def test_the_window_store_is_trimmed_to_what_was_committed() -> None:
 
 
 def test_a_recreated_partition_is_not_caught_up_to_its_stale_committed_offset() -> None:
-    runner, source, sink, checkpoint, recovery = make()
+    runner, source, sink, _, recovery = make()
     source.group_committed = {(T, 0): 10_000, (T, 1): 5}  # partition 0's topic was recreated
     recovery.discard_recreated = lambda high: [(T, 0)]  # type: ignore[method-assign]
     source.position[(T, 0)] = 0  # the consumer resets to the new topic's start
     run_to_end(runner, source)
     assert recovery.calls == [{(T, 1): 5}]
     assert per_symbol(forecasts(sink.delivered))["A"] == EXPECTED["A"]
+
+
+def test_a_stop_with_the_broker_gone_ends_within_the_shutdown_timeout() -> None:
+    # Nothing is ever acknowledged, so the loop ends up waiting for room in the in-flight window;
+    # SIGTERM (here from a timer, as a signal handler would) must still end it promptly.
+    import threading
+    import time
+
+    sink = FakeSink()
+    sink.stuck = True
+    runner, source, sink, _, _ = make(sink=sink, max_batch=2)
+    threading.Timer(0.3, runner.stop).start()
+    started = time.monotonic()
+    assert runner.run() is False
+    assert time.monotonic() - started < 0.3 + 0.2 + 1.0  # shutdown_timeout_s is 0.2 here
+    # Only the warming ticks (no output to deliver) may be committed.
+    assert all(o <= W - 1 for offsets, _ in source.commits for o in offsets.values())
