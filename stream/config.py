@@ -2,13 +2,18 @@
 
 Secrets (SASL password, Redis password) come from the environment only: a secret in the file is a
 configuration error, and a secret is never part of any message or log line (SecretStr).
+
+Strict where a typo would otherwise pass in silence: a value in the file must have its key's TOML
+type (`max_batch = "10"` is an error; the environment has only strings, so it is parsed), and a
+TICKCAST_* variable that names no setting is an error like an unknown key in the file, except the
+development tooling's own variables listed in TOOLING_ENV.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import (
     BaseModel,
@@ -34,6 +39,24 @@ DEFAULT_CONFIG = Path("config.toml")
 #: Keys that may only be set from the environment.
 SECRET_KEYS = {("kafka", "sasl_password"), ("redis", "password")}
 
+#: TICKCAST_* variables that are not service settings: the local services (tools/localinfra.py)
+#: and the fault suite (tests/faults/support.py). Any other TICKCAST_* name must name a setting;
+#: tests/unit/test_config.py holds every such name used in the repository to this list.
+TOOLING_ENV = frozenset(
+    {
+        "TICKCAST_LOCAL_DIR",
+        "TICKCAST_LOCAL_KAFKA_PORT",
+        "TICKCAST_LOCAL_CONTROLLER_PORT",
+        "TICKCAST_LOCAL_REDIS_PORT",
+        "TICKCAST_FAULTS_FULL",
+        "TICKCAST_FAULTS_SEED",
+    }
+)
+
+#: librdkafka's SASL mechanisms; a typo is a configuration error naming the key, not a failure
+#: deep inside the client.
+SaslMechanism = Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,7 +68,7 @@ class KafkaSettings(_Section):
     client_id: str = "tickcast"
     session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str = ""
+    sasl_mechanism: SaslMechanism = ""
     sasl_username: str = ""
     sasl_password: SecretStr = SecretStr("")
     #: exactly-once: transactional.id = <prefix>-<group_id>-<instance_id>. Keep instance_id stable
@@ -219,21 +242,47 @@ def _check_file(path: Path) -> None:
                     f"config error: {section}.{key} is a secret; set it in the environment as {env},"
                     f" not in {path}"
                 )
+        # Strict types: the file is typed, so "10" for an integer is a mistake, not a number.
+        # The whole load validates again afterwards (lax, for the environment's strings).
+        model = cast("type[BaseModel]", Settings.model_fields[section].annotation)
+        try:
+            model.model_validate(body, strict=True)
+        except ValidationError as exc:
+            first: dict[str, Any] = dict(exc.errors()[0])
+            first["loc"] = (section, *exc.errors()[0]["loc"])
+            raise ConfigError(f"config error: {_describe(first, {}, path)}") from None
+
+
+def _names_a_setting(model: type[BaseModel], parts: list[str]) -> bool:
+    """Whether the lower-cased path `parts` names a field of `model` (or lies inside a free-form
+    table, such as a dict of client properties)."""
+    field = model.model_fields.get(parts[0])
+    if field is None:
+        return False
+    if len(parts) == 1:
+        return True
+    inner = field.annotation
+    if isinstance(inner, type) and issubclass(inner, BaseModel):
+        return _names_a_setting(inner, parts[1:])
+    return getattr(inner, "__origin__", inner) is dict
 
 
 def _check_env(environ: dict[str, str]) -> None:
-    for name in environ:
-        if not name.upper().startswith(ENV_PREFIX):
+    """A TICKCAST_* variable must name a setting (TICKCAST_<SECTION>__<KEY>) or be a tooling
+    variable (TOOLING_ENV): a misspelt override is an error, never silently ignored."""
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in TOOLING_ENV:
             continue
-        rest = name[len(ENV_PREFIX) :]
-        section, sep, key = rest.partition("__")
-        if not sep or section.lower() not in _SECTIONS or not key:
-            # Names like TICKCAST_LOCAL_DIR belong to the tooling, not to the service settings.
-            if section.lower() in _SECTIONS:
-                raise ConfigError(
-                    f"config error: {name} names no key; use {ENV_PREFIX}<SECTION>__<KEY>"
-                )
-            continue
+        parts = upper[len(ENV_PREFIX) :].lower().split("__")
+        if len(parts) < 2 or not all(parts) or not _names_a_setting(Settings, parts):
+            if len(parts) >= 2 and parts[0] in _SECTIONS and all(parts):
+                key = ".".join(parts)
+                raise ConfigError(f"config error: unknown key {key} (from {name})")
+            raise ConfigError(
+                f"config error: {name} names no setting; use {ENV_PREFIX}<SECTION>__<KEY> with a"
+                f" key of config.toml (sections: {', '.join(sorted(_SECTIONS))})"
+            )
 
 
 def _describe(error: dict[str, Any], env: dict[str, str], file: Path | None) -> str:

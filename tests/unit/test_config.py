@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,108 @@ def test_bad_future_bound_or_dead_letter_size_names_the_key(
         config.load(ROOT / "config.toml", environ=env)
     assert named in str(err.value)
     assert "unknown key" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TICKCAST_PROCESING__MAX_BATCH": "10"}, "TICKCAST_PROCESING__MAX_BATCH"),
+        ({"TICKCAST_PROCESSING__MAX_BACTH": "10"}, "processing.max_bacth"),
+        ({"TICKCAST_PROCESSING_MAX_BATCH": "10"}, "TICKCAST_PROCESSING_MAX_BATCH"),
+        ({"TICKCAST_WINDOW": "60"}, "TICKCAST_WINDOW"),
+        ({"tickcast_metrics__prot": "9401"}, "metrics.prot"),
+        ({"TICKCAST_LOCAL_DRI": "/tmp"}, "TICKCAST_LOCAL_DRI"),
+    ],
+)
+def test_a_tickcast_variable_naming_no_setting_is_an_error(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load(ROOT / "config.toml", environ=env)
+    assert named in str(err.value)
+
+
+def test_tooling_variables_are_not_settings_and_not_errors() -> None:
+    env = {name: "1" for name in config.TOOLING_ENV}
+    s = config.load(ROOT / "config.toml", environ={**env, "TICKCAST_PROCESSING__MAX_BATCH": "10"})
+    assert s.processing.max_batch == 10
+
+
+def _tickcast_names_in_the_repository() -> set[str]:
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    names: set[str] = set()
+    for rel in files:
+        path = ROOT / rel
+        # this file spells wrong names on purpose
+        if rel == "tests/unit/test_config.py" or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        # a name ending in "_" is a prefix in prose (TICKCAST_MODEL__*), not a variable
+        names.update(re.findall(r"\bTICKCAST_[A-Z0-9_]*[A-Z0-9]\b", text))
+    return names
+
+
+def test_every_tickcast_variable_in_the_repository_is_a_setting_or_tooling() -> None:
+    names = _tickcast_names_in_the_repository()
+    assert "TICKCAST_LOCAL_KAFKA_PORT" in names  # the scan sees the tooling
+    for name in sorted(names):
+        if name in config.TOOLING_ENV:
+            continue
+        secret = name in {"TICKCAST_REDIS__PASSWORD", "TICKCAST_KAFKA__SASL_PASSWORD"}
+        if name == "TICKCAST_KAFKA__NOPE" or secret:
+            continue  # a deliberately unknown key in another test; secrets have no toml value
+        config.load(ROOT / "config.toml", environ={name: _a_valid_value(name)})
+
+
+def _a_valid_value(name: str) -> str:
+    """A value the setting accepts: its default, read from the settings model."""
+    section, key = name.removeprefix("TICKCAST_").lower().split("__", 1)
+    value = getattr(getattr(config.Settings(), section), key)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        ("[processing]\nmax_batch = '10'\n", "processing.max_batch"),
+        ("[metrics]\nport = '9400'\n", "metrics.port"),
+        ("[cache]\nenabled = 'yes'\n", "cache.enabled"),
+        ("[cache]\nenabled = 1\n", "cache.enabled"),
+        ("[topics]\nticks = 7\n", "topics.ticks"),
+        ("[kafka]\nsasl_mechanism = 'PLAN'\n", "kafka.sasl_mechanism"),
+    ],
+)
+def test_file_values_must_have_their_keys_type(tmp_path: Path, toml: str, named: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        config.load(path, environ={})
+    assert named in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_float_key_takes_an_integer_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[processing]\nshutdown_timeout_s = 5\n")
+    assert config.load(path, environ={}).processing.shutdown_timeout_s == 5.0
+
+
+def test_sasl_mechanism_typo_is_one_line_naming_the_key() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "--config", str(ROOT / "config.toml"), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**_clean_env(), "TICKCAST_KAFKA__SASL_MECHANISM": "SCRAM-SHA-265"},
+    )
+    assert proc.returncode == 2
+    assert "kafka.sasl_mechanism" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def _clean_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith("TICKCAST_")}
