@@ -13,6 +13,7 @@ import logging
 import sys
 from typing import Protocol, cast
 
+from stream import version
 from stream.errors import TickcastError
 
 #: command -> (module, one-line help)
@@ -70,6 +71,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Streaming price forecasts: Kafka ticks in, forecasts out.",
     )
     _add_common_options(parser, on_command=False)
+    parser.add_argument("--version", action="version", version=f"tickcast {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, summary) in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary)
@@ -105,6 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     except TickcastError as exc:
         print(f"tickcast {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        # A Kafka client exception that escaped stream/kafka.py's translation into KafkaFailure
+        # is still one line and a non-zero exit for the user, not a traceback; anything else is
+        # a bug and keeps its traceback. (Matched by module, "cimpl" being the client's compiled
+        # core: cli.py does not import the client.)
+        if type(exc).__module__.partition(".")[0] not in ("cimpl", "confluent_kafka"):
+            raise
+        detail = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc
+        print(f"tickcast {args.command}: kafka: {detail}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -8,6 +8,7 @@ import random
 import time
 
 from stream import config
+from stream.commands import bounded
 
 log = logging.getLogger(__name__)
 
@@ -17,16 +18,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--csv", default=None, help="CSV of date,price (default: the bundled gold series)"
     )
     parser.add_argument(
-        "--symbols", type=int, default=1, help="derive N distinct symbols from the series"
+        "--symbols",
+        type=bounded(int, 1),
+        default=1,
+        help="derive N distinct symbols from the series",
     )
     parser.add_argument("--symbol", default="XAUUSD", help="symbol name (the base name when N > 1)")
-    parser.add_argument("--rows", type=int, default=None, help="replay only the first N rows")
-    parser.add_argument("--last", type=int, default=None, help="replay only the last N rows")
     parser.add_argument(
-        "--rate", type=float, default=0.0, help="ticks per second (0: as fast as possible)"
+        "--rows", type=bounded(int, 1), default=None, help="replay only the first N rows"
     )
     parser.add_argument(
-        "--bad-fraction", type=float, default=0.0, help="share of malformed messages to mix in"
+        "--last", type=bounded(int, 1), default=None, help="replay only the last N rows"
+    )
+    parser.add_argument(
+        "--rate",
+        type=bounded(float, 0.0),
+        default=0.0,
+        help="ticks per second (0: as fast as possible)",
+    )
+    parser.add_argument(
+        "--bad-fraction",
+        type=bounded(float, 0.0, 1.0),
+        default=0.0,
+        help="share of malformed messages to mix in (0 to 1)",
     )
     parser.add_argument("--topic", default=None, help="target topic (default: topics.ticks)")
     parser.add_argument("--seed", type=int, default=7)
@@ -34,10 +48,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stream.kafka import ensure_topics
+    from stream.kafka import check_reachable, ensure_topics
 
     settings = config.load(args.config)
     topic = args.topic or settings.topics.ticks
+    # A broker that does not answer is one line naming the address (UnreachableError), not a
+    # client exception from inside the topic creation.
+    check_reachable(settings)
     ensure_topics(settings, [topic])
     sent = publish(settings, topic, args)
     print(f"replayed {sent['ticks']} ticks and {sent['bad']} malformed messages into {topic}")

@@ -171,3 +171,21 @@ def test_bench_e2e_reports_every_number_and_cleans_up(
 
     topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
     assert not [t for t in topics if t.startswith("bench-")]
+
+
+def _tickcast_lines(stderr: str) -> list[str]:
+    """stderr without librdkafka's own log lines (`%3|...`), whose routing is separate work."""
+    return [line for line in stderr.splitlines() if line and not line.startswith("%")]
+
+
+def test_replay_with_kafka_down_is_one_line_naming_the_address() -> None:
+    dead = f"127.0.0.1:{localinfra.free_port()}"
+    proc = _tickcast(
+        ["replay", "--quiet", "--rows", "5"],
+        {"TICKCAST_KAFKA__BOOTSTRAP_SERVERS": dead},
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    [line] = _tickcast_lines(proc.stderr)
+    assert line.startswith("tickcast replay: ") and dead in line
