@@ -16,6 +16,8 @@ USER tickcast
 # Metrics must listen beyond loopback inside a container; compose maps the port.
 ENV TICKCAST_METRICS__HOST=0.0.0.0
 EXPOSE 9400
-HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9400/healthz').status == 200 else 1)"
+# The probe asks the port the service listens on: TICKCAST_METRICS__PORT when set (compose, k8s),
+# else the settings' default.
+HEALTHCHECK --interval=10s --timeout=3s CMD python -c "import os,sys,urllib.request; port = os.environ.get('TICKCAST_METRICS__PORT') or '9400'; sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2).status == 200 else 1)"
 ENTRYPOINT ["tickcast"]
 CMD ["run"]

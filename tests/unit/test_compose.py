@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from stream import config
@@ -88,3 +89,40 @@ def test_dockerfile_serves_without_tensorflow_on_a_reachable_metrics_port() -> N
     assert "-c constraints.txt ." in install and "[train]" not in install  # pinned, no TensorFlow
     assert "TICKCAST_METRICS__HOST=0.0.0.0" in dockerfile
     assert 'CMD ["run"]' in dockerfile and "USER tickcast" in dockerfile
+
+
+def _healthcheck_probe() -> str:
+    """The Python code of the Dockerfile's HEALTHCHECK."""
+    line = next(
+        ln for ln in (ROOT / "Dockerfile").read_text().splitlines() if ln.startswith("HEALTHCHECK")
+    )
+    return line.split('python -c "', 1)[1].rsplit('"', 1)[0]
+
+
+@pytest.mark.parametrize("healthy", [True, False])
+def test_healthcheck_asks_the_configured_metrics_port(healthy: bool) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry
+
+    from stream.metrics import Health, Metrics, serve
+    from tools.localinfra import free_port
+
+    probe = _healthcheck_probe()
+    assert "TICKCAST_METRICS__PORT" in probe
+    # 9400 only as the fallback, and the same as the settings' default
+    assert probe.count("9400") == 1 and config.MetricsSettings().port == 9400
+    port = free_port()
+    server = serve(Metrics(CollectorRegistry()), Health(), "127.0.0.1", port) if healthy else None
+    try:
+        env = {**os.environ, "TICKCAST_METRICS__PORT": str(port)}
+        proc = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, timeout=30
+        )
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    assert (proc.returncode == 0) is healthy
