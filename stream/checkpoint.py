@@ -34,48 +34,14 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from stream.contracts import Record, dead_letter_headers, encode_forecast, forecast_headers
 from stream.errors import KafkaFailure
 from stream.kafka import DeliveryLatch, Offsets, Partition
 from stream.pipeline import BatchResult
+from stream.ports import SinkPort, SourcePort
 
 log = logging.getLogger(__name__)
-
-
-class SourceLike(Protocol):
-    """The consumer as the checkpoint uses it (stream.kafka.Source)."""
-
-    on_commit: Callable[[Offsets, str | None], None]
-
-    def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool) -> None: ...
-    def committed(self, partitions: list[Partition], timeout: float = ...) -> Offsets: ...
-    def seek(self, offsets: Mapping[Partition, int]) -> None: ...
-    def group_metadata(self) -> object: ...
-
-
-class SinkLike(Protocol):
-    """The producer as the checkpoint uses it (stream.kafka.Sink)."""
-
-    def produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]] | None = ...,
-        on_delivery: Callable[..., None] | None = ...,
-    ) -> None: ...
-    def poll(self, timeout: float = ...) -> None: ...
-    def flush(self, timeout: float) -> int: ...
-    def begin(self) -> None: ...
-    def send_offsets(
-        self, offsets: Mapping[Partition, int], group_metadata: object, timeout: float
-    ) -> None: ...
-    def commit(self, timeout: float) -> None: ...
-    def abort(self, timeout: float) -> None: ...
-    def renew(self) -> None: ...
-    def close(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -115,7 +81,7 @@ class Topics:
 class Checkpoint(ABC):
     """The batches in flight and the commit order; see the module docstring."""
 
-    def __init__(self, source: SourceLike, sink: SinkLike, topics: Topics) -> None:
+    def __init__(self, source: SourcePort, sink: SinkPort, topics: Topics) -> None:
         self.source = source
         self.sink = sink
         self.topics = topics
@@ -256,8 +222,8 @@ class Checkpoint(ABC):
 class AtLeastOnce(Checkpoint):
     def __init__(
         self,
-        source: SourceLike,
-        sink: SinkLike,
+        source: SourcePort,
+        sink: SinkPort,
         topics: Topics,
         *,
         commit_interval_s: float = 0.1,
@@ -305,6 +271,8 @@ class AtLeastOnce(Checkpoint):
                 self._published.clear()
                 self._rewind(failed, f"delivery failed: {batch.latch.error}")
                 return
+            for what in batch.latch.undeliverable:
+                log.error("dead letter refused for good, skipped %s", what)
             self.open.remove(batch)
             self.delivered.update(batch.next)
             self._uncommitted += len(batch.records)
@@ -381,7 +349,7 @@ class AtLeastOnce(Checkpoint):
 
 class Transactional(Checkpoint):
     def __init__(
-        self, source: SourceLike, sink: SinkLike, topics: Topics, *, timeout_s: float = 30.0
+        self, source: SourcePort, sink: SinkPort, topics: Topics, *, timeout_s: float = 30.0
     ) -> None:
         super().__init__(source, sink, topics)
         self.timeout_s = timeout_s

@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
+    from stream.checkpoint import Batch
     from stream.contracts import Record
     from stream.pipeline import BatchResult
 
@@ -173,10 +174,20 @@ class Metrics:
         with contextlib.suppress(KeyError):
             self.consumer_lag.remove(topic, str(partition))
 
+    def record_batches(self, done: Sequence[Batch], now_ms: float) -> None:
+        """Count batches whose output is delivered (at-least-once) or committed (exactly-once)."""
+        for batch in done:
+            if batch.output is not None:
+                self.record_batch(batch.output, batch.records, batch.opened_at, now_ms)
+            if batch.latch.undeliverable:
+                self.kafka_errors.labels(code="dead_letter_undeliverable").inc(
+                    len(batch.latch.undeliverable)
+                )
+
     def record_batch(
         self, result: BatchResult, records: Sequence[Record], opened_at: float, now_ms: float
     ) -> None:
-        """Count a batch whose output is delivered (at-least-once) or committed (exactly-once)."""
+        """Count one batch's outcomes, cache use, stage times and tick-to-forecast times."""
         for outcome, n in result.counts.items():
             if n:
                 self.ticks.labels(outcome=outcome).inc(n)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 
@@ -48,6 +49,8 @@ class Service:
     http: ThreadingHTTPServer | None
     redis: redis.Redis
     model_version: str
+    #: asks for a model reload at the next batch boundary (SIGHUP)
+    reload: Callable[[], None]
 
     def close(self) -> None:
         if self.http is not None:
@@ -188,10 +191,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         pipeline,
         metrics,
         health,
-        recovery=rebuilder,
+        rebuilder=rebuilder,
         trim=lambda committed: store.trim({p: o for (_, p), o in committed.items()}),
         between_batches=reloader.between_batches,
-        on_sighup=reloader.request,
     )
     source.subscribe(
         [settings.topics.ticks],
@@ -216,4 +218,5 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         http=http,
         redis=client,
         model_version=predictor.version,
+        reload=reloader.request,
     )

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import signal
+from collections.abc import Callable
+from types import FrameType
 
 from stream import config
 
@@ -17,13 +20,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _on_signals(stop: Callable[[], None], reload: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT ask the loop to stop (it finishes the batch in hand, delivers, commits);
+    SIGHUP asks for a model reload at the next batch boundary. Handlers only set flags."""
+
+    def stopping(signum: int, frame: FrameType | None) -> None:
+        log.info("signal=%s stopping after the current batch", signal.Signals(signum).name)
+        stop()
+
+    def reloading(signum: int, frame: FrameType | None) -> None:
+        log.info("signal=SIGHUP model reload at the next batch boundary")
+        reload()
+
+    signal.signal(signal.SIGTERM, stopping)
+    signal.signal(signal.SIGINT, stopping)
+    signal.signal(signal.SIGHUP, reloading)
+
+
 def run(args: argparse.Namespace) -> int:
     from stream.service import build
 
     settings = config.load(args.config)
     service = build(settings)
     runner = service.runner
-    runner.install_signal_handlers()
+    _on_signals(runner.stop, service.reload)
     # Everything built so far (modules, model, clients) lives as long as the process: move it out
     # of the collector's view, so a full collection walks only what the batches allocate. Without
     # it each full collection walked every object of numpy, onnxruntime and the clients, a stall

@@ -106,7 +106,7 @@ def make(
         pipeline,
         Metrics(CollectorRegistry()),
         Health(model_loaded=True, redis_ok=True),
-        recovery=recovery,
+        rebuilder=recovery,
     )
     source.before_consume.append(lambda: runner.on_assign(list(PARTS)))
     return runner, source, sink, checkpoint, recovery
@@ -269,8 +269,7 @@ def test_exactly_once_survives_a_transaction_error_with_each_forecast_once(error
 def test_the_window_store_is_trimmed_to_what_was_committed() -> None:
     runner, source, _, _, _ = make()
     trims: list[Offsets] = []
-    runner.trim = trims.append
-    runner._last_trim = -1e9
+    runner.upkeep.trim = trims.append
     run_to_end(runner, source)
     # Trimmed (at most twice a second) and never past a commit.
     assert trims and all(
