@@ -34,6 +34,8 @@ status: ## show the local services, their pids, RSS and log folder
 # (started here).
 test: $(STAMP) ## install, start local Kafka + Redis unless configured, lint, type-check, run the whole suite
 	@if [ -z "$$TICKCAST_KAFKA__BOOTSTRAP_SERVERS" ] || [ -z "$$TICKCAST_REDIS__URL" ]; then $(BIN)/tickcast services up; fi
+	@# promtool and Prometheus (alert rule tests, the scrape test), from Debian's package if missing
+	@$(BIN)/tickcast services tools >/dev/null
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -45,6 +47,7 @@ faults: $(STAMP) ## the fault suite at full size: SIGKILLs, Redis and broker los
 	TICKCAST_FAULTS_FULL=1 $(BIN)/pytest -m faults tests/faults $(PYTEST_ARGS)
 
 unit: $(STAMP) ## the fast tests only (no Kafka, no Redis)
+	@$(BIN)/tickcast services tools >/dev/null
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff lint and format check

@@ -1,7 +1,11 @@
 """All of tickcast's Prometheus metrics in one object, and the HTTP endpoints that serve them.
 
 The registry is injected, so tests build a fresh one; the service uses its own (not the global
-default), so nothing else in the process leaks into /metrics.
+default), so nothing else in the process leaks into /metrics. The standard process_*, python_info
+and python_gc_* collectors are registered on it, beside tickcast_build_info{version}.
+
+Latency histograms reach an hour: in a backlog a tick waits minutes for its forecast, and buckets
+that stopped at 2.5 s put every such wait in +Inf (p50 and p99 both read 2.5).
 
     /metrics   prometheus_client's own exposition: the Prometheus text format, or OpenMetrics
                when the scraper asks for it, gzip when it accepts it, `name[]` to filter
@@ -26,13 +30,18 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from stream import version
 
 if TYPE_CHECKING:
     from stream.checkpoint import Batch
@@ -42,6 +51,10 @@ if TYPE_CHECKING:
 PREFIX = "tickcast"
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: Stage and model-call times: milliseconds normally, seconds while Redis or the broker stalls.
+_STAGES = (*_FAST, 5.0, 10.0, 30.0, 60.0)
+#: Tick to forecast: milliseconds when keeping up, up to an hour when draining a backlog.
+_BACKLOG = (*_FAST, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
@@ -94,6 +107,8 @@ class BulkHistogram(Collector):
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        #: the served model's version, set by set_model; labels the inference metrics
+        self.model_version = ""
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(f"{PREFIX}_{name}", doc, labels, registry=registry)
@@ -106,8 +121,21 @@ class Metrics:
         ) -> Histogram:
             return Histogram(f"{PREFIX}_{name}", doc, labels, registry=registry, buckets=buckets)
 
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        self.build_info = gauge(
+            "build_info", "The running tickcast's version (value 1)", ("version",)
+        )
+        self.build_info.labels(version=version()).set(1)
+
         self.consumer_lag = gauge(
             "consumer_lag", "High watermark minus committed offset", ("topic", "partition")
+        )
+        self.consumer_lag_seconds = gauge(
+            "consumer_lag_seconds",
+            "Age of the oldest unprocessed tick (0 when caught up)",
+            ("topic", "partition"),
         )
         self.ticks = counter("ticks", "Ticks by outcome", ("outcome",))
         self.forecasts = counter("forecasts", "Forecasts published", ("cached",))
@@ -119,14 +147,19 @@ class Metrics:
             "dead_letters", "Messages sent to the dead-letter topic", ("reason",)
         )
         self.inference_batch_size = hist(
-            "inference_batch_size", "Windows per model call", buckets=_SIZES
+            "inference_batch_size", "Windows per model call", ("model_version",), buckets=_SIZES
         )
-        self.inference_seconds = hist("inference_seconds", "Model call duration")
-        self.batch_seconds = hist("batch_seconds", "Batch time by stage", ("stage",))
+        self.inference_seconds = hist(
+            "inference_seconds", "Model call duration", ("model_version",), buckets=_STAGES
+        )
+        self.inference_errors = counter(
+            "inference_errors", "Model calls that raised", ("model_version",)
+        )
+        self.batch_seconds = hist("batch_seconds", "Batch time by stage", ("stage",), _STAGES)
         self.tick_to_forecast_seconds = BulkHistogram(
             f"{PREFIX}_tick_to_forecast_seconds",
             "Tick produce time to forecast delivery",
-            _FAST,
+            _BACKLOG,
             registry,
         )
         self.rebalances = counter("rebalances", "Partition assignment changes", ("kind",))
@@ -165,14 +198,23 @@ class Metrics:
     def set_model(self, version: str) -> None:
         self.model_info.clear()
         self.model_info.labels(version=version).set(1)
+        self.model_version = version
+        # The new version's inference series read 0 from now on, not absent until its first call.
+        for family in (self.inference_errors, self.inference_seconds, self.inference_batch_size):
+            family.labels(model_version=version)
+
+    def record_inference_error(self, model_version: str | None = None) -> None:
+        """A model call raised (default: the version set_model named)."""
+        self.inference_errors.labels(model_version=model_version or self.model_version).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop a partition's series once it is no longer assigned here."""
-        with contextlib.suppress(KeyError):
-            self.consumer_lag.remove(topic, str(partition))
+        for gauge in (self.consumer_lag, self.consumer_lag_seconds):
+            with contextlib.suppress(KeyError):
+                gauge.remove(topic, str(partition))
 
     def record_batches(self, done: Sequence[Batch], now_ms: float) -> None:
         """Count batches whose output is delivered (at-least-once) or committed (exactly-once)."""
@@ -185,9 +227,19 @@ class Metrics:
                 )
 
     def record_batch(
-        self, result: BatchResult, records: Sequence[Record], opened_at: float, now_ms: float
+        self,
+        result: BatchResult,
+        records: Sequence[Record],
+        opened_at: float,
+        now_ms: float,
+        *,
+        model_version: str | None = None,
     ) -> None:
-        """Count one batch's outcomes, cache use, stage times and tick-to-forecast times."""
+        """Count one batch's outcomes, cache use, stage times and tick-to-forecast times.
+
+        `model_version`: the version that served the batch's model call, the label of the
+        inference metrics; default, the version its forecasts carry (one model computes a whole
+        batch), else the one set_model named last."""
         for outcome, n in result.counts.items():
             if n:
                 self.ticks.labels(outcome=outcome).inc(n)
@@ -205,8 +257,15 @@ class Metrics:
         if result.non_finite:
             self.forecasts_dropped.labels(reason="non_finite").inc(result.non_finite)
         if result.inference_batch_size:
-            self.inference_batch_size.observe(result.inference_batch_size)
-            self.inference_seconds.observe(result.stage_seconds.get("inference", 0.0))
+            served_by = model_version or (
+                result.forecasts[0].model_version if result.forecasts else self.model_version
+            )
+            self.inference_batch_size.labels(model_version=served_by).observe(
+                result.inference_batch_size
+            )
+            self.inference_seconds.labels(model_version=served_by).observe(
+                result.stage_seconds.get("inference", 0.0)
+            )
         for stage, seconds in result.stage_seconds.items():
             self.batch_seconds.labels(stage=stage).observe(seconds)
         self.batch_seconds.labels(stage="total").observe(time.perf_counter() - opened_at)

@@ -379,32 +379,52 @@ def start_kafka(layout: Layout, ports: Ports, ready_timeout: float = 90.0) -> No
     )
 
 
-# ---------------------------------------------------------------- Redis
+# ---------------------------------------------------------------- OS packages (apt-get)
 
 
-def ensure_redis_server() -> str:
-    path = shutil.which("redis-server")
+def _ensure_debian_package(binary: str, package: str, otherwise: str) -> str:
+    """The path of `binary`, installing Debian's `package` with apt-get when it is missing and we
+    run as root; else a LocalInfraError saying what to install (`otherwise`: the alternative)."""
+    path = shutil.which(binary)
     if path:
         return path
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        _say("redis-server is missing; installing Debian's redis-server package")
+        _say(f"{binary} is missing; installing Debian's {package} package")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         for cmd in (
             ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "redis-server"],
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
         ):
             res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if res.returncode != 0:
                 raise LocalInfraError(
                     f"`{' '.join(cmd)}` failed (exit {res.returncode}): {res.stderr.strip()[-300:]}"
                 )
-        path = shutil.which("redis-server")
+        path = shutil.which(binary)
         if path:
             return path
     raise LocalInfraError(
-        "redis-server is not installed. Install it (Debian/Ubuntu: sudo apt-get install redis-server) "
-        "or set TICKCAST_REDIS__URL to a Redis server you already run"
+        f"{binary} is not installed. Install it (Debian/Ubuntu: sudo apt-get install {package})"
+        f"{otherwise}"
     )
+
+
+def ensure_redis_server() -> str:
+    return _ensure_debian_package(
+        "redis-server",
+        "redis-server",
+        " or set TICKCAST_REDIS__URL to a Redis server you already run",
+    )
+
+
+def ensure_prometheus() -> tuple[str, str]:
+    """promtool (alert rule unit tests, config checks) and the Prometheus server (the end-to-end
+    test that scrapes a running service): both from Debian's `prometheus` package."""
+    promtool = _ensure_debian_package("promtool", "prometheus", "")
+    return promtool, _ensure_debian_package("prometheus", "prometheus", "")
+
+
+# ---------------------------------------------------------------- Redis
 
 
 def _redis_answers(port: int) -> bool:
@@ -527,7 +547,11 @@ def status(layout: Layout | None = None, ports: Ports | None = None) -> bool:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument(
+        "action",
+        choices=["up", "down", "status", "tools"],
+        help="tools: install what the tests need beyond Python (promtool and Prometheus)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -537,5 +561,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "down":
         down()
+        return 0
+    if args.action == "tools":
+        for path in ensure_prometheus():
+            print(path)
         return 0
     return 0 if status() else 1

@@ -67,7 +67,9 @@ def test_compose_runs_the_service_scraped_by_prometheus_with_the_alert_rules() -
     targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
     assert targets == [f"tickcast:{env['TICKCAST_METRICS__PORT']}"]
     mounted = " ".join(services["prometheus"]["volumes"])
-    assert "alerts.yml" in mounted and "/etc/prometheus/alerts.yml" in prometheus["rule_files"]
+    # rule_files is relative to prometheus.yml, which the container holds beside alerts.yml
+    assert prometheus["rule_files"] == ["alerts.yml"]
+    assert "/etc/prometheus/alerts.yml" in mounted and "/etc/prometheus/prometheus.yml" in mounted
 
 
 def test_dashboard_queries_only_exported_metrics() -> None:

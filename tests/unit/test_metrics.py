@@ -12,7 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+import stream
+from stream.contracts import Forecast, Record, Source
 from stream.metrics import _FAST, BulkHistogram, Health, Metrics, serve
+from stream.pipeline import BatchResult
 
 REQUIRED = [
     "tickcast_consumer_lag",
@@ -30,6 +33,9 @@ REQUIRED = [
     "tickcast_model_reloads_total",
     "tickcast_redis_errors_total",
     "tickcast_kafka_errors_total",
+    "tickcast_inference_errors_total",
+    "tickcast_build_info",
+    "process_resident_memory_bytes",
 ]
 
 
@@ -85,7 +91,7 @@ def test_model_info_names_only_the_current_version() -> None:
     m.set_model("new")
     text = m.render().decode()
     assert 'tickcast_model_info{version="new"} 1.0' in text
-    assert 'version="old"' not in text
+    assert 'tickcast_model_info{version="old"}' not in text
 
 
 def test_two_metrics_objects_do_not_share_state() -> None:
@@ -170,3 +176,79 @@ def test_endpoints_write_no_access_log(capfd: pytest.CaptureFixture[str]) -> Non
         server.server_close()
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def _batch(n: int, version: str, sent_ms: float) -> tuple[BatchResult, list[Record]]:
+    records = [Record("ticks", 0, o, b"A", b"{}", int(sent_ms)) for o in range(n)]
+    forecasts = [
+        Forecast("A", o, 1, 1.0, 0.9, 1.1, 0.8, 1.0, version, "h", False, Source("ticks", 0, o), 0)
+        for o in range(n)
+    ]
+    result = BatchResult(forecasts, [], {"processed": n}, inference_batch_size=n)
+    result.stage_seconds["inference"] = 0.004
+    return result, records
+
+
+def _samples(m: Metrics) -> dict[str, float]:
+    pairs = (
+        line.rsplit(" ", 1) for line in m.render().decode().splitlines() if line[:1] not in "#"
+    )
+    return {k: float(v) for k, v in pairs}
+
+
+def test_tick_to_forecast_buckets_reach_an_hour() -> None:
+    """A backlog's waits land in finite buckets, so p50 and p99 differ and mean something."""
+    m = Metrics(CollectorRegistry())
+    m.set_model("abc")
+    now_ms = 10_000_000.0
+    for wait_s in (0.01, 45.0, 900.0, 3000.0):
+        result, records = _batch(1, "abc", now_ms - wait_s * 1000)
+        m.record_batch(result, records, 0.0, now_ms)
+    s = _samples(m)
+    bucket = "tickcast_tick_to_forecast_seconds_bucket"
+    assert s[f'{bucket}{{le="2.5"}}'] == 1
+    assert s[f'{bucket}{{le="60.0"}}'] == 2
+    assert s[f'{bucket}{{le="1200.0"}}'] == 3
+    assert s[f'{bucket}{{le="3600.0"}}'] == 4 == s[f'{bucket}{{le="+Inf"}}']
+    assert 'tickcast_batch_seconds_bucket{le="60.0",stage="total"}' in s
+
+
+def test_inference_metrics_carry_the_model_version() -> None:
+    m = Metrics(CollectorRegistry())
+    m.set_model("old")
+    result, records = _batch(3, "old", 1.0)
+    m.record_batch(result, records, 0.0, 2.0)
+    m.set_model("new")  # a hot reload
+    # a batch the old model computed, recorded after the reload, still counts for the old one
+    m.record_batch(*_batch(2, "old", 1.0), 0.0, 2.0)
+    m.record_batch(*_batch(4, "x", 1.0), 0.0, 2.0, model_version="new")
+    s = _samples(m)
+    assert s['tickcast_inference_batch_size_count{model_version="old"}'] == 2
+    assert s['tickcast_inference_batch_size_sum{model_version="old"}'] == 5
+    assert s['tickcast_inference_seconds_count{model_version="new"}'] == 1
+    assert s['tickcast_inference_batch_size_sum{model_version="new"}'] == 4
+
+
+def test_inference_errors_count_per_version_and_read_zero_once_a_model_is_set() -> None:
+    m = Metrics(CollectorRegistry())
+    m.set_model("abc")
+    assert _samples(m)['tickcast_inference_errors_total{model_version="abc"}'] == 0
+    m.record_inference_error()
+    m.record_inference_error("abc")
+    assert _samples(m)['tickcast_inference_errors_total{model_version="abc"}'] == 2
+
+
+def test_process_platform_gc_and_build_info_are_on_the_services_registry() -> None:
+    s = _samples(Metrics(CollectorRegistry()))
+    assert s["process_resident_memory_bytes"] > 0 and "process_cpu_seconds_total" in s
+    assert any(k.startswith("python_info{") for k in s)
+    assert any(k.startswith("python_gc_collections_total{") for k in s)
+    assert s[f'tickcast_build_info{{version="{stream.version()}"}}'] == 1
+
+
+def test_lag_seconds_series_go_with_their_partition() -> None:
+    m = Metrics(CollectorRegistry())
+    m.consumer_lag.labels(topic="ticks", partition="3").set(10)
+    m.consumer_lag_seconds.labels(topic="ticks", partition="3").set(4.5)
+    m.forget_partition("ticks", 3)
+    assert "partition=" not in m.render().decode()
