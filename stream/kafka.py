@@ -537,3 +537,66 @@ def delete_topics(settings: Settings, names: Iterable[str]) -> None:
             fut.result(timeout=60)
         except KafkaException as exc:
             log.warning("could not delete topic %s: %s", name, exc)
+
+
+class TopicTail:
+    """Reads one topic from its end (or its beginning), for `tickcast tail`.
+
+    Without a group it assigns every partition itself and never subscribes nor commits, so it
+    leaves no consumer group behind on the broker (librdkafka still wants a group.id to build a
+    consumer; the name is never sent). With `group` it subscribes in that group and resumes from
+    the group's committed offsets (committing as it goes), like any consumer of the group.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        *,
+        from_beginning: bool = False,
+        group: str | None = None,
+        wait_s: float = 10.0,
+    ) -> None:
+        partitions = topic_partitions(settings, topic, wait_s)
+        conf: dict[str, Any] = {
+            **settings.kafka.librdkafka_common(),
+            "group.id": group or "tickcast-tail-unused",
+            "enable.auto.commit": group is not None,
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "isolation.level": "read_committed",
+        }
+        self._consumer = Consumer(conf)
+        if group is not None:
+            self._consumer.subscribe([topic])
+        else:
+            from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
+            start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+            self._consumer.assign([TopicPartition(topic, p, start) for p in partitions])
+
+    def consume(self, max_records: int, timeout: float) -> list[Record]:
+        return _to_records(
+            self._consumer.consume(num_messages=max_records, timeout=timeout), lambda code: None
+        )
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def topic_partitions(settings: Settings, topic: str, wait_s: float = 10.0) -> list[int]:
+    """The partitions of `topic`, asked of the broker within `wait_s`: UnreachableError naming
+    the address when no broker answers, KafkaFailure when the topic does not exist."""
+    address = settings.kafka.bootstrap_servers
+    admin = AdminClient({**settings.kafka.librdkafka_common(), "socket.timeout.ms": 3000})
+    try:
+        # All topics, not list_topics(topic=...): asking for one by name can auto-create it.
+        metadata = admin.list_topics(timeout=wait_s)
+    except KafkaException as exc:
+        raise UnreachableError(
+            f"cannot reach Kafka at {address} (kafka.bootstrap_servers) within {wait_s:.0f} s: "
+            f"{exc.args[0].str() if exc.args else exc}"
+        ) from None
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        raise KafkaFailure(f"topic {topic!r} does not exist on {address}", "UNKNOWN_TOPIC")
+    return sorted(found.partitions)

@@ -1,13 +1,20 @@
-"""`tickcast tail`: print forecasts as they arrive, one readable line each."""
+"""`tickcast tail`: print forecasts as they arrive, one readable line each.
+
+No consumer group unless `--group NAME`: the topic's partitions are read from their end (or, with
+--from-beginning, their start) by a consumer that never joins a group, so runs leave nothing
+behind on the broker. An unknown topic or a broker that does not answer within --wait seconds is
+one line and a non-zero exit; a message that is not a forecast is skipped with a note on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 import time
-import uuid
 
 from stream import config
+from stream.commands import bounded
 from stream.contracts import Forecast
 
 
@@ -15,12 +22,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--from-beginning", action="store_true", help="start at the oldest forecast"
     )
-    parser.add_argument("--max", type=int, default=0, help="stop after N forecasts")
+    parser.add_argument("--max", type=bounded(int, 0), default=0, help="stop after N forecasts")
     parser.add_argument(
-        "--idle-timeout", type=float, default=0.0, help="stop after S seconds without one"
+        "--idle-timeout",
+        type=bounded(float, 0.0),
+        default=0.0,
+        help="stop after S seconds without one",
     )
     parser.add_argument("--topic", default=None, help="default: topics.forecasts")
     parser.add_argument("--json", action="store_true", help="print the raw JSON instead")
+    parser.add_argument(
+        "--group",
+        metavar="NAME",
+        default=None,
+        help="read as a member of this consumer group, resuming from its offsets (default: none)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=bounded(float, 0.0, low_open=True),
+        default=10.0,
+        metavar="S",
+        help="give up when the broker does not answer within S seconds (default 10)",
+    )
 
 
 def format_forecast(f: Forecast) -> str:
@@ -35,36 +58,38 @@ def format_forecast(f: Forecast) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from stream.contracts import decode_forecast
-    from stream.kafka import Source
+    from stream.kafka import TopicTail
 
     settings = config.load(args.config)
-    consumer = Source(
-        {
-            **settings.kafka.librdkafka_common(),
-            "group.id": f"tickcast-tail-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest" if args.from_beginning else "latest",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
+    topic = args.topic or settings.topics.forecasts
+    reader = TopicTail(
+        settings, topic, from_beginning=args.from_beginning, group=args.group, wait_s=args.wait
     )
-    consumer.subscribe([args.topic or settings.topics.forecasts])
     seen = 0
     last = time.monotonic()
     try:
         while not args.max or seen < args.max:
-            records = consumer.consume(1, 0.5)
+            records = reader.consume(1, 0.5)
             if not records:
                 if args.idle_timeout and time.monotonic() - last > args.idle_timeout:
                     break
                 continue
             last = time.monotonic()
-            value = records[0].value or b""
-            print(
-                value.decode() if args.json else format_forecast(decode_forecast(value)), flush=True
-            )
+            record = records[0]
+            value = record.value or b""
+            if args.json:
+                line = value.decode(errors="replace")
+            else:
+                try:
+                    line = format_forecast(decode_forecast(value))
+                except ValueError as exc:
+                    where = f"{record.topic}[{record.partition}]@{record.offset}"
+                    print(f"tickcast tail: skipped {where}: {exc}", file=sys.stderr, flush=True)
+                    continue
+            print(line, flush=True)
             seen += 1
     except KeyboardInterrupt:
         pass
     finally:
-        consumer.close()
+        reader.close()
     return 0

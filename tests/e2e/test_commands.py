@@ -189,3 +189,116 @@ def test_replay_with_kafka_down_is_one_line_naming_the_address() -> None:
     assert "Traceback" not in proc.stderr
     [line] = _tickcast_lines(proc.stderr)
     assert line.startswith("tickcast replay: ") and dead in line
+
+
+def _groups(bootstrap: str) -> set[str]:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # alive until the answer is in
+    listed = admin.list_consumer_groups().result(timeout=30)
+    assert not listed.errors, listed.errors
+    return {g.group_id for g in listed.valid}
+
+
+def _a_forecast(i: int) -> Forecast:
+    return Forecast(
+        "XAUUSD",
+        1714521600000 + i * 86_400_000,
+        1,
+        2001.0 + i,
+        1990.0,
+        2012.0,
+        0.8,
+        2000.0 + i,
+        "abc123",
+        "f" * 32,
+        False,
+        Source("ticks", 0, 100 + i),
+        1,
+    )
+
+
+def test_tail_skips_what_is_not_a_forecast_and_leaves_no_group(
+    kafka_bootstrap: str, topic_factory: Callable[..., str]
+) -> None:
+    topic = topic_factory("forecasts", 2)
+    messages = [
+        (b"XAUUSD", encode_forecast(_a_forecast(0))),
+        (b"XAUUSD", b'{"symbol": "XAUUSD", "price": 1.5, "ts": 1}'),  # a tick, not a forecast
+        (b"XAUUSD", b"\xff not json"),
+        (b"XAUUSD", encode_forecast(_a_forecast(1))),
+    ]
+    produce(kafka_bootstrap, topic, messages)
+    before = _groups(kafka_bootstrap)
+    env = {"TICKCAST_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap}
+    proc = _tickcast(["tail", "--from-beginning", "--max", "2", "--topic", topic], env)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 2
+    notes = [ln for ln in _tickcast_lines(proc.stderr) if "skipped" in ln]
+    assert len(notes) == 2 and all(f"{topic}[" in n and "not a forecast" in n for n in notes)
+    new_groups = _groups(kafka_bootstrap) - before
+    assert not [g for g in new_groups if g.startswith("tickcast-tail")], new_groups
+
+
+def test_tail_from_the_end_sees_only_what_comes_after_it_starts(
+    kafka_bootstrap: str, topic_factory: Callable[..., str]
+) -> None:
+    import threading
+    import time
+
+    topic = topic_factory("forecasts", 2)
+    produce(kafka_bootstrap, topic, [(b"XAUUSD", encode_forecast(_a_forecast(0)))])
+    later = threading.Timer(
+        8.0,  # the command imports and connects first
+        lambda: produce(kafka_bootstrap, topic, [(b"XAUUSD", encode_forecast(_a_forecast(5)))]),
+    )
+    later.start()
+    started = time.monotonic()
+    env = {"TICKCAST_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap}
+    proc = _tickcast(["tail", "--max", "1", "--idle-timeout", "30", "--topic", topic], env)
+    later.join()
+    assert proc.returncode == 0, proc.stderr
+    [line] = proc.stdout.strip().splitlines()
+    assert "2024-05-06" in line  # the one produced later (day 5), not the earlier one
+    assert time.monotonic() - started < 40
+
+
+def test_tail_with_a_group_reads_as_that_group(
+    kafka_bootstrap: str, topic_factory: Callable[..., str], unique: str
+) -> None:
+    topic = topic_factory("forecasts", 1)
+    produce(kafka_bootstrap, topic, [(b"XAUUSD", encode_forecast(_a_forecast(i))) for i in (0, 1)])
+    env = {"TICKCAST_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap}
+    group = f"tail-{unique}"
+    args = ["tail", "--from-beginning", "--max", "2", "--topic", topic, "--group", group]
+    proc = _tickcast(args, env)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 2
+    assert group in _groups(kafka_bootstrap)
+
+
+def test_tail_of_an_unknown_topic_is_one_line(kafka_bootstrap: str, unique: str) -> None:
+    topic = f"nosuchtopic-{unique}"
+    env = {"TICKCAST_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap}
+    proc = _tickcast(["tail", "--topic", topic], env, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    [line] = _tickcast_lines(proc.stderr)
+    assert line.startswith("tickcast tail: ") and topic in line and "does not exist" in line
+    from confluent_kafka.admin import AdminClient
+
+    topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
+    assert topic not in topics  # asking did not create it
+
+
+def test_tail_with_kafka_down_gives_up_within_its_wait_naming_the_address() -> None:
+    import time
+
+    dead = f"127.0.0.1:{localinfra.free_port()}"
+    started = time.monotonic()
+    proc = _tickcast(
+        ["tail", "--wait", "3"], {"TICKCAST_KAFKA__BOOTSTRAP_SERVERS": dead}, timeout=60
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    [line] = _tickcast_lines(proc.stderr)
+    assert line.startswith("tickcast tail: ") and dead in line
+    assert time.monotonic() - started < 30
