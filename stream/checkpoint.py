@@ -219,6 +219,10 @@ class Checkpoint(ABC):
         self.source.seek(start)
 
 
+#: an asynchronous commit without a reply for this long is taken as lost; the next one is sent
+COMMIT_REPLY_WAIT_S = 5.0
+
+
 class AtLeastOnce(Checkpoint):
     def __init__(
         self,
@@ -241,6 +245,7 @@ class AtLeastOnce(Checkpoint):
         self._uncommitted = 0
         self._last_commit = clock()
         self._done: list[Batch] = []
+        self._commit_in_flight = False
         source.on_commit = self._committed_async
 
     def publish(self, batch: Batch, output: BatchResult) -> None:
@@ -280,24 +285,30 @@ class AtLeastOnce(Checkpoint):
 
     def _commit_if_due(self) -> None:
         """Commit the delivered offsets every commit_interval_s, or sooner after commit_after
-        ticks. Each commit is a write to the broker's offsets topic; one per small batch (hundreds
-        a second at a light load) cost the broker more CPU than the ticks themselves."""
+        ticks, with at most one commit in flight. Each commit is a write to the broker's offsets
+        topic; one per small batch (hundreds a second at a light load) cost the broker more CPU
+        than the ticks themselves, and with one-tick batches the queue of commit requests held
+        the group's heartbeats back until the session timed out (the partitions were lost)."""
         if not self._uncommitted:
             return
         now = self.clock()
         if now - self._last_commit < self.commit_interval_s and (
-            self._uncommitted < self.commit_after
+            self._uncommitted < self.commit_after or self._commit_in_flight
         ):
             return
+        if self._commit_in_flight and now - self._last_commit < COMMIT_REPLY_WAIT_S:
+            return  # the next commit carries these offsets too
         due = {p: o for p, o in self.delivered.items() if self.committed.get(p) != o}
         if due:
             started = time.perf_counter()
+            self._commit_in_flight = True  # before: a reply may come within the call
             self.source.commit(due, asynchronous=True)
             self.observe("commit", time.perf_counter() - started)
         self._uncommitted = 0
         self._last_commit = now
 
     def _committed_async(self, offsets: Offsets, error: str | None) -> None:
+        self._commit_in_flight = False
         if error is not None:
             # The next commit carries these offsets too; do not stop.
             log.warning("offset commit failed: %s", error)

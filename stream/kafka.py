@@ -22,14 +22,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource  # not re-exported in the stubs
+from confluent_kafka.admin._listoffsets import OffsetSpec  # nor is this, and it is untyped
 from confluent_kafka.cimpl import NewTopic
 
 from stream.config import Settings
 from stream.contracts import Record
 from stream.errors import KafkaFailure, UnreachableError
+from stream.logs import RepeatFilter
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,77 @@ _UNDELIVERABLE = {
     KafkaError.INVALID_RECORD,
     KafkaError.INVALID_MSG,
 }
+
+
+#: librdkafka's own log lines and error callbacks, through Python logging, repeats summed up
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+LIBRDKAFKA_LOG.addFilter(RepeatFilter(every_s=60.0))
+
+
+def _routed(conf: dict[str, Any]) -> dict[str, Any]:
+    """Every client's librdkafka log lines go through Python logging (and RepeatFilter), never
+    straight to stderr."""
+    return conf if "logger" in conf else {**conf, "logger": LIBRDKAFKA_LOG}
+
+
+class ClientEvents:
+    """librdkafka's logs, errors and statistics, in tickcast's terms, for every client it makes.
+
+    Logs go to the `librdkafka` logger (a dead broker is one line, then a reminder a minute).
+    Errors are counted by code; all brokers down is reported as Kafka unreachable at the
+    configured address until a statistics report shows a broker up again. Statistics (every
+    `stats_interval_ms`) give each broker's round-trip time and the client's queue.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        on_error: Callable[[str], None] = lambda code: None,
+        on_down: Callable[[str], None] = lambda why: None,
+        on_up: Callable[[], None] = lambda: None,
+        on_stats: Callable[[str, dict[str, float], int], None] = lambda c, rtt, q: None,
+        stats_interval_ms: int = 5000,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.on_error = on_error
+        self.on_down = on_down
+        self.on_up = on_up
+        self.on_stats = on_stats
+        self.stats_interval_ms = stats_interval_ms
+
+    def config(self, role: str) -> dict[str, Any]:
+        """Client keys for a client of `role` (consumer, producer, admin, rebuild, ...)."""
+        return {
+            "logger": LIBRDKAFKA_LOG,
+            "error_cb": self._error,
+            "stats_cb": self._stats,
+            "statistics.interval.ms": self.stats_interval_ms,
+            "client.id": f"tickcast-{role}",
+        }
+
+    def _error(self, err: KafkaError) -> None:
+        self.on_error(err.name())
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.on_down(f"{self.bootstrap} (kafka.bootstrap_servers): {err.str()}")
+        LIBRDKAFKA_LOG.warning("kafka error %s: %s", err.name(), err.str())
+
+    def _stats(self, text: str) -> None:
+        try:
+            stats = orjson.loads(text)
+            brokers = stats.get("brokers", {})
+            rtt = {
+                b.get("nodename", name): b["rtt"]["avg"] / 1e6
+                for name, b in brokers.items()
+                if b.get("nodeid", -1) >= 0 and b.get("rtt", {}).get("cnt", 0)
+            }
+            up = any(b.get("state") == "UP" for b in brokers.values() if b.get("nodeid", -1) >= 0)
+            self.on_stats(str(stats.get("client_id", "")), rtt, int(stats.get("msg_cnt", 0)))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.debug("unreadable librdkafka statistics: %s", exc)
+            return
+        if up:
+            self.on_up()
 
 
 def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
@@ -167,7 +241,7 @@ class Source:
         self.on_error = on_error
         #: set by the checkpoint: the result of an asynchronous commit (offsets, error or None)
         self.on_commit: Callable[[Offsets, str | None], None] = lambda offsets, err: None
-        self._consumer = Consumer({**conf, "on_commit": self._committed_async})
+        self._consumer = Consumer(_routed({**conf, "on_commit": self._committed_async}))
 
     def subscribe(
         self,
@@ -252,26 +326,6 @@ class Source:
                 raise failure(exc, f"watermarks of {tp.topic}[{tp.partition}]") from None
         return out
 
-    def lag(self, partitions: list[Partition], committed: Mapping[Partition, int]) -> Offsets:
-        """High watermark minus committed offset, as `kafka-consumer-groups --describe` computes it.
-
-        Uses the watermark cached from fetch responses (no broker round trip); falls back to asking
-        the broker when nothing has been fetched yet.
-        """
-        lag: Offsets = {}
-        for tp in _tps(partitions):
-            key = (tp.topic, tp.partition)
-            try:
-                low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                if high < 0:
-                    low, high = self._consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
-            except KafkaException:
-                continue
-            position = committed.get(key)
-            base = position if position is not None and position >= 0 else low
-            lag[key] = max(high - base, 0)
-        return lag
-
     def close(self) -> None:
         self._consumer.close()
 
@@ -288,6 +342,58 @@ class Source:
             },
             None,
         )
+
+
+class EndOffsets:
+    """The watched partitions' end and start offsets, asked of the broker every `interval_s` by a
+    thread of its own (ListOffsets, one request each for all partitions).
+
+    The lag gauge is computed from these, not from the watermarks the fetcher caches: those go
+    stale while its queue is full, which showed half the real lag while a backlog grew.
+    """
+
+    def __init__(self, conf: dict[str, Any], interval_s: float = 1.0) -> None:
+        self._admin = AdminClient(_routed(conf))
+        self.interval_s = interval_s
+        #: partition -> end offset (high watermark) and start offset (low watermark), last read
+        self.latest: Offsets = {}
+        self.earliest: Offsets = {}
+        self._watched: list[Partition] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tickcast-end-offsets", daemon=True)
+        self._thread.start()
+
+    def watch(self, partitions: list[Partition]) -> None:
+        self._watched = list(partitions)
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            watched = self._watched
+            if not watched:
+                continue
+            try:
+                latest = self._ask(watched, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+                missing = [p for p in watched if p not in self.earliest]
+                earliest = (
+                    self._ask(missing, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+                    if missing
+                    else {}
+                )
+            except (KafkaException, TimeoutError) as exc:  # the gauge keeps its last value
+                log.debug("end offsets not read: %s", exc)
+                continue
+            self.latest = latest
+            if earliest:
+                self.earliest = {**self.earliest, **earliest}
+
+    def _ask(self, partitions: list[Partition], spec: OffsetSpec) -> Offsets:
+        futures = self._admin.list_offsets(
+            {TopicPartition(t, p): spec for t, p in partitions}, request_timeout=5
+        )
+        return {(tp.topic, tp.partition): f.result(timeout=10).offset for tp, f in futures.items()}
 
 
 class DeliveryLatch:
@@ -349,7 +455,7 @@ class Sink:
         self._producer = self._new()
 
     def _new(self) -> Producer:
-        producer = Producer(self._conf)
+        producer = Producer(_routed(self._conf))
         if self.transactional:
             try:
                 producer.init_transactions(self._init_timeout_s)
@@ -441,7 +547,7 @@ def read_ranges(
     """The records of each partition's [start, end), in batches, read by a consumer of its own
     (assigned, not subscribed: it never joins a group nor commits). Raises KafkaFailure when no
     progress is made for `stall_s`."""
-    reader = Consumer({**conf, "enable.auto.commit": False})
+    reader = Consumer(_routed({**conf, "enable.auto.commit": False}))
     reader.assign([TopicPartition(t, p, start) for (t, p), (start, _) in ranges.items()])
     open_ranges = dict(ranges)
     idle_since = time.monotonic()
@@ -471,7 +577,13 @@ def read_ranges(
 
 def check_reachable(settings: Settings, timeout: float = 10.0) -> None:
     """Fail at start, naming the address, when no broker answers."""
-    admin = AdminClient({**settings.kafka.librdkafka_common(), "socket.timeout.ms": 3000})
+    conf: dict[str, Any] = {
+        **settings.kafka.librdkafka_common(),
+        "socket.timeout.ms": 3000,
+        "logger": LIBRDKAFKA_LOG,
+        "client.id": "tickcast-admin",
+    }
+    admin = AdminClient(conf)
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException as exc:
@@ -492,7 +604,7 @@ def dead_letter_limit(settings: Settings, topic: str) -> int:
     topic's `max.message.bytes` (asked of the broker) or the producer's limit, whichever is lower,
     less room for the key and headers."""
     broker_max = 1_048_588  # the broker's default, if the topic's own cannot be read
-    admin = AdminClient(settings.kafka.librdkafka_common())
+    admin = AdminClient(_routed(settings.kafka.librdkafka_common()))
     try:
         futures = admin.describe_configs([ConfigResource("topic", topic)])
         entries = next(iter(futures.values())).result(timeout=10)
@@ -506,7 +618,7 @@ def ensure_topics(
     settings: Settings, names: Iterable[str], partitions: int | None = None
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the ones created."""
-    admin = AdminClient(settings.kafka.librdkafka_common())
+    admin = AdminClient(_routed(settings.kafka.librdkafka_common()))
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [n for n in dict.fromkeys(names) if n not in existing]
     if not wanted:
@@ -527,7 +639,7 @@ def ensure_topics(
 
 def delete_topics(settings: Settings, names: Iterable[str]) -> None:
     """Delete topics a demo or benchmark made (a broker slows down with thousands of partitions)."""
-    admin = AdminClient(settings.kafka.librdkafka_common())
+    admin = AdminClient(_routed(settings.kafka.librdkafka_common()))
     existing = set(admin.list_topics(timeout=10).topics)
     doomed = [n for n in dict.fromkeys(names) if n in existing]
     if not doomed:
@@ -565,7 +677,7 @@ class TopicTail:
             "auto.offset.reset": "earliest" if from_beginning else "latest",
             "isolation.level": "read_committed",
         }
-        self._consumer = Consumer(conf)
+        self._consumer = Consumer(_routed(conf))
         if group is not None:
             self._consumer.subscribe([topic])
         else:
@@ -587,7 +699,7 @@ def topic_partitions(settings: Settings, topic: str, wait_s: float = 10.0) -> li
     """The partitions of `topic`, asked of the broker within `wait_s`: UnreachableError naming
     the address when no broker answers, KafkaFailure when the topic does not exist."""
     address = settings.kafka.bootstrap_servers
-    admin = AdminClient({**settings.kafka.librdkafka_common(), "socket.timeout.ms": 3000})
+    admin = AdminClient(_routed({**settings.kafka.librdkafka_common(), "socket.timeout.ms": 3000}))
     try:
         # All topics, not list_topics(topic=...): asking for one by name can auto-create it.
         metadata = admin.list_topics(timeout=wait_s)

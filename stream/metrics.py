@@ -20,7 +20,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING, cast
 
@@ -177,6 +177,13 @@ class Metrics:
         self.state_losses = counter(
             "state_losses", "Batches that found Redis had lost their windows (then rebuilt)"
         )
+        # librdkafka's own statistics (stream.kafka.ClientEvents), every few seconds per client
+        self.kafka_broker_rtt_seconds = gauge(
+            "kafka_broker_rtt_seconds", "Mean broker round trip, by client", ("client", "broker")
+        )
+        self.kafka_queued_messages = gauge(
+            "kafka_queued_messages", "Messages in the client's queues", ("client",)
+        )
 
         # Pre-create the label sets operators alert on, so a quiet series reads 0, not absent.
         for outcome in (
@@ -209,6 +216,11 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def kafka_stats(self, client: str, rtt_s: dict[str, float], queued: int) -> None:
+        for broker, seconds in rtt_s.items():
+            self.kafka_broker_rtt_seconds.labels(client=client, broker=broker).set(seconds)
+        self.kafka_queued_messages.labels(client=client).set(queued)
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop a partition's series once it is no longer assigned here."""
@@ -298,19 +310,42 @@ def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
 
 @dataclass
 class Health:
-    """What /readyz reports; the runner flips these, the HTTP thread only reads them."""
+    """What /healthz and /readyz report; the loop and the Kafka clients' callbacks set these, the
+    HTTP thread only reads them.
+
+    /healthz is a heartbeat: the loop `beat()`s on every turn (and while it waits for Redis), so
+    it fails when the loop is stuck, not merely when the process lives. /readyz names the
+    dependency that is missing, with its address.
+    """
 
     model_loaded: bool = False
     redis_ok: bool = False
     assigned: int = 0
     stopping: bool = False
+    #: no broker answers (librdkafka's all-brokers-down), with the address and error
+    kafka_down: str = ""
+    redis_address: str = ""
+    #: seconds without a heartbeat after which /healthz fails
+    stall_after_s: float = 60.0
+    last_beat: float = field(default_factory=time.monotonic)
+
+    def beat(self) -> None:
+        self.last_beat = time.monotonic()
+
+    def stalled_for(self) -> float:
+        """Seconds since the loop last made progress, if that is over the bound; else 0."""
+        idle = time.monotonic() - self.last_beat
+        return idle if idle > self.stall_after_s else 0.0
 
     def not_ready_reasons(self) -> list[str]:
         reasons = []
         if not self.model_loaded:
             reasons.append("model not loaded")
+        if self.kafka_down:
+            reasons.append(f"kafka unreachable: {self.kafka_down}")
         if not self.redis_ok:
-            reasons.append("redis unreachable")
+            at = f" at {self.redis_address}" if self.redis_address else ""
+            reasons.append(f"redis unreachable{at}")
         if self.assigned == 0:
             reasons.append("no partitions assigned")
         if self.stopping:
@@ -334,7 +369,11 @@ def serve(metrics: Metrics, health: Health, host: str, port: int) -> ThreadingHT
             if path == "/metrics":
                 super().do_GET()
             elif path == "/healthz":
-                self._send_text(200, "ok\n")
+                stalled = health.stalled_for()
+                if stalled:
+                    self._send_text(503, f"processing loop stalled for {stalled:.0f} s\n")
+                else:
+                    self._send_text(200, "ok\n")
             elif path == "/readyz":
                 reasons = health.not_ready_reasons()
                 if reasons:

@@ -38,6 +38,7 @@ class RedisRetry:
         def failed(exc: Exception) -> None:
             self.metrics.redis_errors.inc()
             self.health.redis_ok = False
+            self.health.beat()  # waiting for Redis is not a stuck loop (/healthz)
             if self.stopping():
                 raise _Abandoned from exc
             log.warning("redis unavailable, retrying: %s", exc)

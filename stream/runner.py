@@ -20,7 +20,6 @@ within processing.shutdown_timeout_s.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from stream.checkpoint import Batch, Checkpoint
 from stream.contracts import Record
 from stream.errors import StateLost, StoreUnavailable
-from stream.kafka import Offsets, Partition
+from stream.kafka import EndOffsets, Offsets, Partition
 from stream.metrics import Health, Metrics
 from stream.pipeline import Prepared
 from stream.ports import PipelinePort, RebuilderPort, SourcePort
@@ -76,6 +75,7 @@ class Runner:
         *,
         rebuilder: RebuilderPort | None = None,
         trim: Callable[[Offsets], None] = lambda committed: None,
+        end_offsets: EndOffsets | None = None,
         between_batches: Callable[[], None] = lambda: None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -100,7 +100,7 @@ class Runner:
             metrics, health, lambda: self.stopping, config.redis_retry_max_s
         )
         self.recovery = Recovery(source, checkpoint, rebuilder, self.with_redis)
-        self.upkeep = Upkeep(source, checkpoint, metrics, trim)
+        self.upkeep = Upkeep(source, checkpoint, metrics, trim, end_offsets, wall_clock)
 
     def stop(self) -> None:
         if not self.stopping:
@@ -114,6 +114,7 @@ class Runner:
         """Consume until stop(); then deliver and commit. True if nothing was left undone."""
         try:
             while not self.stopping:
+                self.health.beat()
                 if self.recovery.pending:
                     self.recovery.run()
                 records = self._next_batch()
@@ -237,14 +238,23 @@ class Runner:
 
     def _compute(self, prepared: Prepared) -> bool:
         """On the loop's thread: the model call, then the fill; False if a stop abandoned it."""
-        self.pipeline.compute(prepared)
+        try:
+            self.pipeline.compute(prepared)
+        except Exception:
+            self.metrics.record_inference_error(prepared.predictor.version)
+            raise
         return self._fill(prepared)
 
     def _await(self, computing: _Computing) -> bool:
         """Wait for the model thread's work; False if a stop abandoned it."""
         # A StoreUnavailable comes from the fill, after the model call: the fill is retried below.
-        with contextlib.suppress(StoreUnavailable):
+        try:
             computing.future.result()
+        except StoreUnavailable:
+            pass
+        except Exception:
+            self.metrics.record_inference_error(computing.prepared.predictor.version)
+            raise
         return self._fill(computing.prepared)
 
     def _fill(self, prepared: Prepared) -> bool:

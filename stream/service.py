@@ -20,6 +20,8 @@ from stream.checkpoint import AtLeastOnce, Checkpoint, Topics, Transactional
 from stream.config import Settings
 from stream.errors import UnreachableError
 from stream.kafka import (
+    ClientEvents,
+    EndOffsets,
     Sink,
     Source,
     check_reachable,
@@ -53,6 +55,8 @@ class Service:
     reload: Callable[[], None]
 
     def close(self) -> None:
+        if self.runner.upkeep.end_offsets is not None:
+            self.runner.upkeep.end_offsets.close()
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
@@ -102,8 +106,22 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     client = redis_client(settings)
     predictor = load_predictor(settings.model, settings.window.size)
     metrics = Metrics(registry or CollectorRegistry())
-    health = Health(model_loaded=True, redis_ok=True)
+    health = Health(model_loaded=True, redis_ok=True, redis_address=_safe_url(settings.redis.url))
     metrics.set_model(predictor.version)
+
+    def kafka_down(why: str) -> None:
+        health.kafka_down = why
+
+    def kafka_up() -> None:
+        health.kafka_down = ""
+
+    events = ClientEvents(
+        settings.kafka.bootstrap_servers,
+        on_error=lambda code: metrics.kafka_errors.labels(code=code).inc(),
+        on_down=kafka_down,
+        on_up=kafka_up,
+        on_stats=metrics.kafka_stats,
+    )
 
     ensure_topics(
         settings, [settings.topics.ticks, settings.topics.forecasts, settings.topics.dead_letter]
@@ -137,10 +155,16 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     exactly_once = settings.processing.guarantee == "exactly-once"
     processing = settings.processing
     source = Source(
-        consumer_config(settings),
+        {**consumer_config(settings), **events.config("consumer")},
         on_error=lambda code: metrics.kafka_errors.labels(code=code).inc(),
     )
-    sink = Sink(producer_config(settings, transactional_id(settings) if exactly_once else None))
+    sink = Sink(
+        {
+            **producer_config(settings, transactional_id(settings) if exactly_once else None),
+            **events.config("producer"),
+        }
+    )
+    end_offsets = EndOffsets({**settings.kafka.librdkafka_common(), **events.config("lag")})
     topics = Topics(settings.topics.forecasts, settings.topics.dead_letter)
     checkpoint: Checkpoint = (
         Transactional(source, sink, topics)
@@ -165,7 +189,10 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         shutdown_timeout_s=processing.shutdown_timeout_s,
         model_thread=not exactly_once,
     )
-    rebuild_conf = consumer_config(settings, group_id=f"{settings.kafka.group_id}-rebuild")
+    rebuild_conf = {
+        **consumer_config(settings, group_id=f"{settings.kafka.group_id}-rebuild"),
+        **events.config("rebuild"),
+    }
     rebuilder = Rebuilder(
         lambda ranges: read_ranges(rebuild_conf, ranges),
         store,
@@ -193,6 +220,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         health,
         rebuilder=rebuilder,
         trim=lambda committed: store.trim({p: o for (_, p), o in committed.items()}),
+        end_offsets=end_offsets,
         between_batches=reloader.between_batches,
     )
     source.subscribe(

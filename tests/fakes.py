@@ -295,11 +295,6 @@ class FakeSource:
     def resume(self, partitions: list[Partition]) -> None:
         self.resumed.update(partitions)
 
-    def lag(
-        self, partitions: list[Partition], committed: Mapping[Partition, int]
-    ) -> dict[Partition, int]:
-        return {p: len(self.log.get(p, [])) - committed.get(p, 0) for p in partitions}
-
     def close(self) -> None:
         self.closed = True
 

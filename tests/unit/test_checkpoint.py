@@ -331,3 +331,27 @@ def test_a_fatal_error_is_repaired_once_the_broker_answers_again() -> None:
     assert later.dropped and sink.renewals == 1 and source.seeks == [{(T, 0): 2}]
     assert not publish(cp, records(0, 2, 2)).dropped
     assert len(sink.committed_output) == 4
+
+
+def test_at_most_one_commit_is_in_flight() -> None:
+    # One-tick batches once queued a commit request per tick, which held the group's heartbeats
+    # back until the session timed out.
+    class SlowCommits(FakeSource):
+        def commit(self, offsets, *, asynchronous):  # type: ignore[no-untyped-def]
+            self.commits.append((dict(offsets), asynchronous))  # no reply yet
+
+    now = [0.0]
+    sink, source = FakeSink(), SlowCommits()
+    cp = AtLeastOnce(
+        source, sink, TOPICS, commit_interval_s=0.1, commit_after=1, clock=lambda: now[0]
+    )
+    for i in range(50):
+        now[0] += 0.01
+        publish(cp, records(0, i, 1))
+        cp.settle()
+    assert len(source.commits) == 1  # the rest wait for its reply (or COMMIT_REPLY_WAIT_S)
+    source.on_commit(source.commits[0][0], None)
+    now[0] += 0.01
+    publish(cp, records(0, 50, 1))
+    cp.settle()
+    assert len(source.commits) == 2 and source.commits[1][0] == {(T, 0): 51}

@@ -302,3 +302,17 @@ def test_a_stop_with_the_broker_gone_ends_within_the_shutdown_timeout() -> None:
     assert time.monotonic() - started < 0.3 + 0.2 + 1.0  # shutdown_timeout_s is 0.2 here
     # Only the warming ticks (no output to deliver) may be committed.
     assert all(o <= W - 1 for offsets, _ in source.commits for o in offsets.values())
+
+
+def test_a_model_that_raises_is_counted_and_stops_the_loop_uncommitted() -> None:
+    runner, source, sink, _, _ = make()
+    model = runner.pipeline.predictor  # type: ignore[attr-defined]
+
+    def broken(windows):  # type: ignore[no-untyped-def]
+        raise RuntimeError("onnxruntime: bad input")
+
+    model.predict_batch = broken
+    with pytest.raises(RuntimeError):
+        runner.run()
+    errors = runner.metrics.inference_errors.labels(model_version=model.version)._value.get()
+    assert errors == 1 and sink.delivered == []
