@@ -305,7 +305,7 @@ def test_a_stop_with_the_broker_gone_ends_within_the_shutdown_timeout() -> None:
 
 
 def test_a_model_that_raises_is_counted_and_stops_the_loop_uncommitted() -> None:
-    runner, source, sink, _, _ = make()
+    runner, _, sink, _, _ = make()
     model = runner.pipeline.predictor  # type: ignore[attr-defined]
 
     def broken(windows):  # type: ignore[no-untyped-def]
