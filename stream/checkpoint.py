@@ -64,11 +64,11 @@ class Batch:
 def open_batch(records: Sequence[Record]) -> Batch:
     first: Offsets = {}
     nxt: Offsets = {}
-    for r in records:
+    for r in records:  # a partition's records come in offset order
         key = (r.topic, r.partition)
-        first.setdefault(key, r.offset)
-        if r.offset + 1 > nxt.get(key, -1):
-            nxt[key] = r.offset + 1
+        if key not in first:
+            first[key] = r.offset
+        nxt[key] = r.offset + 1
     return Batch(list(records), first, nxt)
 
 
