@@ -253,7 +253,20 @@ class AtLeastOnce(Checkpoint):
             return
         batch.output = output
         started = time.perf_counter()
-        self._produce(batch, output)
+        try:
+            self._produce(batch, output)
+        except KafkaFailure as exc:
+            # A fatal error of the idempotent producer (it refuses every message from then on):
+            # a new producer, and every batch not yet delivered is read again.
+            if not exc.fatal:
+                raise
+            log.error("producer failed fatally, replacing it: %s", exc)
+            self.sink.renew()
+            failed = list(self.open)
+            self.open.clear()
+            self._published.clear()
+            self._rewind(failed, str(exc))
+            return
         self._published.append(batch)
         self.sink.poll(0)
         self.observe("produce", time.perf_counter() - started)
@@ -289,7 +302,10 @@ class AtLeastOnce(Checkpoint):
         topic; one per small batch (hundreds a second at a light load) cost the broker more CPU
         than the ticks themselves, and with one-tick batches the queue of commit requests held
         the group's heartbeats back until the session timed out (the partitions were lost)."""
-        if not self._uncommitted:
+        # Due while anything delivered is not known committed: a commit that failed, or whose
+        # reply never came, is sent again even when no new ticks arrive.
+        due = {p: o for p, o in self.delivered.items() if self.committed.get(p) != o}
+        if not due:
             return
         now = self.clock()
         if now - self._last_commit < self.commit_interval_s and (
@@ -298,12 +314,10 @@ class AtLeastOnce(Checkpoint):
             return
         if self._commit_in_flight and now - self._last_commit < COMMIT_REPLY_WAIT_S:
             return  # the next commit carries these offsets too
-        due = {p: o for p, o in self.delivered.items() if self.committed.get(p) != o}
-        if due:
-            started = time.perf_counter()
-            self._commit_in_flight = True  # before: a reply may come within the call
-            self.source.commit(due, asynchronous=True)
-            self.observe("commit", time.perf_counter() - started)
+        started = time.perf_counter()
+        self._commit_in_flight = True  # before: a reply may come within the call
+        self.source.commit(due, asynchronous=True)
+        self.observe("commit", time.perf_counter() - started)
         self._uncommitted = 0
         self._last_commit = now
 
@@ -379,8 +393,8 @@ class Transactional(Checkpoint):
             return
         if self._renew or self._rewind_to_committed:
             # Consumed before the rewind a fatal error needs: redone after it, never published.
+            self._hold_back(self._drop_open())
             self._repair()
-            self._drop_open()
             return
         batch.output = output
         started = time.perf_counter()
@@ -440,10 +454,16 @@ class Transactional(Checkpoint):
         # transaction, retried until they succeed (or the stop, which leaves them to the restart).
         log.error("producer failed fatally, replacing it: %s", exc)
         self._renew = True
-        for b in failed:
+        self._hold_back(failed)
+        self._repair()
+
+    def _hold_back(self, dropped: list[Batch]) -> None:
+        """Dropped batches wait for the repair: their partitions are rewound to the group's
+        committed offsets once it is done (the earliest first offset is kept meanwhile)."""
+        self._redo_pending = True
+        for b in dropped:
             for p, o in b.first.items():
                 self._rewind_to_committed.setdefault(p, o)
-        self._repair()
 
     def _repair(self) -> None:
         """Finish the recovery from a fatal error: renew the producer, rewind to the committed
@@ -457,7 +477,10 @@ class Transactional(Checkpoint):
             parts = sorted(self._rewind_to_committed)
             committed = self.source.committed(parts) if parts else {}
         except KafkaFailure as exc:
+            # Meanwhile read the same span again rather than run ahead of the committed offsets
+            # (further than window.history could serve when the rewind finally comes).
             log.warning("producer recovery deferred: %s", exc)
+            self.source.seek(dict(self._rewind_to_committed))
             return
         self.committed.update(committed)
         start = {p: committed.get(p, o) for p, o in self._rewind_to_committed.items()}
@@ -468,6 +491,11 @@ class Transactional(Checkpoint):
         self.sink.poll(0)
         done, self._done = self._done, []
         return done
+
+    def _forget(self, partitions: list[Partition]) -> None:
+        super()._forget(partitions)
+        for p in partitions:
+            self._rewind_to_committed.pop(p, None)
 
     def finish(self, timeout_s: float) -> bool:
         # Each batch's transaction commits in `publish`; an opened batch that never got there is

@@ -474,6 +474,9 @@ class Sink:
     def renew(self) -> None:
         """A new producer in place of one that hit a fatal error."""
         old, self._producer = self._producer, self._new()
+        # What the old one still holds is redone through the rewind; destroying it with
+        # undelivered messages would block until message.timeout.ms.
+        old.purge(in_queue=True, in_flight=True, blocking=False)
         old.flush(0)
 
     def produce(

@@ -202,6 +202,8 @@ class Runner:
                 self._settle(wait=True)
             else:
                 self._complete_computing()
+        if batch.dropped:
+            return  # rewound while it waited: read again, so not applied to the windows now
         prepared = self.with_redis(lambda: self._prepare(batch))
         if prepared is None or batch.dropped:
             return  # abandoned during a stop, or rewound: never published, never committed

@@ -1,12 +1,11 @@
 """Review of the loop (stream/runner.py) with the checkpoint: failure timelines at the edges,
-driven with the fakes of tests/fakes.py. Tests marked xfail(strict=True) show a bug found in
-review; they pass once it is fixed (then drop the mark)."""
+driven with the fakes of tests/fakes.py. Several once failed on bugs found in review; they hold
+the fixes."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pytest
 from confluent_kafka import KafkaError
 
 from stream.contracts import Tick
@@ -59,12 +58,6 @@ class BoundedStore(FakeStore):
 # ------------------------------------------------------------------ exactly-once
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checkpoint.py Transactional.publish: the batch dropped when a deferred repair "
-    "succeeds is not rewound; partition 1's ticks in it are skipped and their forecasts never "
-    "reach the read_committed reader",
-)
 def test_exactly_once_loses_no_forecast_when_the_producer_renewal_fails_once() -> None:
     sink = RenewFailsSink(renew_failures=1)
     # Batches of 20: p0 0-19, then p0 20-22 with p1 0-16, then p1 17-22.
@@ -80,13 +73,6 @@ def test_exactly_once_loses_no_forecast_when_the_producer_renewal_fails_once() -
     assert got["B"] == EXPECTED["B"], f"missing: {sorted(set(EXPECTED['B']) - set(got['B']))}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner.py/checkpoint.py: while the repair of a fatal producer error is deferred the "
-    "loop keeps consuming and preparing batches (windows appended in Redis), unbounded by "
-    "max_in_flight; the rewind to the committed offsets then redelivers more than the window "
-    "history holds: too_old, forecasts lost under exactly-once",
-)
 def test_exactly_once_does_not_run_ahead_of_the_committed_offsets_while_repair_waits() -> None:
     # history as the config requires it: max_batch x (max_in_flight + 1) = 4 x 3
     store = BoundedStore(history=12)
@@ -142,13 +128,6 @@ class FatalProducerSink(FakeSink):
         self.broken = False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KafkaFailure,
-    reason="checkpoint.py AtLeastOnce.publish: a fatal producer error (produce raises _FATAL) "
-    "escapes the loop; at-least-once has no renew-and-rewind path, though DESIGN 'Faults' asks "
-    "for one for either guarantee (no exit, no traceback)",
-)
 def test_at_least_once_survives_a_fatal_producer_error() -> None:
     sink = FatalProducerSink(fail_at=b'"ts":1010')
     runner, source, sink, checkpoint, _ = make(sink=sink)
@@ -168,12 +147,6 @@ class CountingStore(FakeStore):
         return super().append_batch(ticks)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner.py Runner._handle: a batch dropped by a rewind while it waits for room in "
-    "the in-flight window is still prepared (its ticks appended to the Redis windows, a Redis "
-    "round trip, retried while Redis is down) before `batch.dropped` is checked",
-)
 def test_a_batch_dropped_while_waiting_for_room_is_not_applied_to_the_windows() -> None:
     sink = FakeSink(auto=False)
     store = CountingStore()
