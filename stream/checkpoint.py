@@ -347,12 +347,27 @@ class AtLeastOnce(Checkpoint):
                 batch.dropped = True
             self.open.clear()
             self._published.clear()
-        return self._commit_now() and complete
+        return self._commit_now(timeout_s) and complete
 
-    def _commit_now(self) -> bool:
+    def _commit_now(self, timeout_s: float) -> bool:
         due = {p: o for p, o in self.delivered.items() if self.committed.get(p) != o}
         if not due:
             return True
+        if self.stop_deadline < math.inf:
+            # Stopping: a synchronous commit has no timeout (it waited for the coordinator for
+            # seconds past the deadline with the broker gone), so commit asynchronously and serve
+            # its reply within what is left of the deadline.
+            self._commit_in_flight = True
+            self.source.commit(due, asynchronous=True)
+
+            def replied(t: float) -> bool:
+                self.source.serve(t)
+                return all(self.committed.get(p) == o for p, o in due.items())
+
+            if self._within(replied, timeout_s):
+                return True
+            log.warning("offset commit not confirmed before the stop deadline; redone after")
+            return False
         try:
             self.source.commit(due, asynchronous=False)
         except KafkaFailure as exc:

@@ -16,6 +16,7 @@ The commit order itself is not here: stream/checkpoint.py owns it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -281,6 +282,11 @@ class Source:
     def resume(self, partitions: list[Partition]) -> None:
         self._consumer.resume(_tps(partitions))
 
+    def serve(self, timeout: float) -> None:
+        """Serve callbacks (commit replies) for up to `timeout`, at the stop only: a record
+        fetched meanwhile is dropped, uncommitted (the next run reads it again)."""
+        self._consumer.poll(timeout)
+
     def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool) -> None:
         """Commit `offsets`; a synchronous commit raises KafkaFailure when it fails."""
         try:
@@ -475,9 +481,12 @@ class Sink:
         """A new producer in place of one that hit a fatal error."""
         old, self._producer = self._producer, self._new()
         # What the old one still holds is redone through the rewind; destroying it with
-        # undelivered messages would block until message.timeout.ms.
-        old.purge(in_queue=True, in_flight=True, blocking=False)
-        old.flush(0)
+        # undelivered messages would block until message.timeout.ms. A producer in a fatal state
+        # may refuse even that (its calls raise): it is dropped all the same.
+        with contextlib.suppress(KafkaException):
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+        with contextlib.suppress(KafkaException):
+            old.flush(0)
 
     def produce(
         self,
@@ -536,8 +545,10 @@ class Sink:
         """Drop whatever is still queued: destroying a producer with undelivered messages would
         block until message.timeout.ms (minutes) when the broker is gone. What was not delivered
         is not committed, and is redone after the restart."""
-        self._producer.purge(in_queue=True, in_flight=True, blocking=False)
-        self._producer.flush(0)
+        with contextlib.suppress(KafkaException):
+            self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+        with contextlib.suppress(KafkaException):
+            self._producer.flush(0)
 
     def begin(self) -> None:
         try:

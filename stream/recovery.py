@@ -39,6 +39,8 @@ class Recovery:
         self.redis_retry = redis_retry
         #: assigned partitions, paused until their committed offsets are read and windows rebuilt
         self.pending: list[Partition] = []
+        #: partitions whose windows must be rebuilt up to these offsets before the next batch
+        self._rebuilding: Offsets = {}
 
     def assigned(self, partitions: list[Partition]) -> None:
         self.pending += partitions
@@ -46,6 +48,8 @@ class Recovery:
     def forget(self, partitions: list[Partition]) -> None:
         gone = set(partitions)
         self.pending = [p for p in self.pending if p not in gone]
+        for p in gone:
+            self._rebuilding.pop(p, None)
 
     def run(self) -> None:
         """Recover the pending partitions and resume them; on a Kafka error, try again later."""
@@ -68,11 +72,20 @@ class Recovery:
 
     def rebuild_before(self, first: Offsets, lost: StateLost) -> None:
         """Redis lost the state of `lost.partitions`: rebuild them up to the batch whose first
-        offsets are `first`. Raises StoreUnavailable (retried) if that fails for now."""
+        offsets are `first`. Raises StoreUnavailable (retried) if that fails for now; the rebuild
+        stays pending until `finish_rebuild` completes it."""
         gone = set(lost.partitions)
         upto = {p: o for p, o in first.items() if p[1] in gone}
         log.warning("%s; rebuilding up to %s", lost, offsets(upto))
-        self.catch_up(upto)
+        for p, o in upto.items():
+            self._rebuilding[p] = min(o, self._rebuilding.get(p, o))
+        self.finish_rebuild()
+
+    def finish_rebuild(self) -> None:
+        """Complete a rebuild that is pending (one that Redis failed during)."""
+        if self._rebuilding:
+            self.catch_up(self._rebuilding)
+            self._rebuilding = {}
 
     def catch_up(self, upto: Offsets) -> bool:
         """Rebuild the windows of `upto`'s partitions up to those offsets (exclusive)."""

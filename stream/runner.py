@@ -227,6 +227,10 @@ class Runner:
         restarted empty), rebuild their windows up to this batch and try again. Nothing of the
         batch was applied, so no forecast is lost or changed."""
         while True:
+            # A rebuild that Redis failed during (it is retried from here) is finished first:
+            # the store no longer checks those partitions' markers, so the batch must not land
+            # on a Redis that lost them again.
+            self.recovery.finish_rebuild()
             try:
                 return self.pipeline.prepare(batch.records, self.config.max_message_bytes)
             except StateLost as lost:

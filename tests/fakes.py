@@ -292,6 +292,9 @@ class FakeSource:
     ) -> dict[Partition, int]:
         return {p: len(self.log.get(p, [])) for p in partitions}
 
+    def serve(self, timeout: float) -> None:
+        pass  # commit replies arrive within commit() here
+
     def resume(self, partitions: list[Partition]) -> None:
         self.resumed.update(partitions)
 
