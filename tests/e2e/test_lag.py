@@ -61,6 +61,7 @@ def test_the_lag_gauge_agrees_with_kafka_while_a_backlog_grows(setup, kafka_boot
             )
             if kafka > 5_000:  # a real backlog
                 comparisons.append((ours, kafka))
+        print(f"lag under a growing backlog (gauge, Kafka): {comparisons}")
         assert len(comparisons) >= 3, f"no backlog built up: {comparisons}"
         for ours, kafka in comparisons:
             # Read a moment apart and refreshed every second: within 2 s of production.
