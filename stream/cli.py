@@ -110,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         # A Kafka client exception that escaped stream/kafka.py's translation into KafkaFailure
         # is still one line and a non-zero exit for the user, not a traceback; anything else is
-        # a bug and keeps its traceback. (Matched by module, "cimpl" being the client's compiled
-        # core: cli.py does not import the client.)
-        if type(exc).__module__.partition(".")[0] not in ("cimpl", "confluent_kafka"):
+        # a bug and keeps its traceback. Only the Kafka adapter knows the client's types.
+        from stream.kafka import client_error_detail
+
+        detail = client_error_detail(exc)
+        if detail is None:
             raise
-        detail = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else exc
         print(f"tickcast {args.command}: kafka: {detail}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -184,6 +184,14 @@ def failure(exc: KafkaException | KafkaError, doing: str) -> KafkaFailure:
     )
 
 
+def client_error_detail(exc: BaseException) -> str | None:
+    """The readable detail of a Kafka client exception; None if `exc` is not one."""
+    if not isinstance(exc, KafkaException):
+        return None
+    err = exc.args[0] if exc.args else None
+    return f"{err.str()}" if isinstance(err, KafkaError) else str(exc)
+
+
 def _tps(partitions: Iterable[Partition]) -> list[TopicPartition]:
     return [TopicPartition(t, p) for t, p in partitions]
 
