@@ -183,7 +183,9 @@ class Runner:
         queued, publish the batch in the model, wait for one record, take what came with it."""
         batch = self.config.max_batch
         records = self.source.consume(batch, 0)
-        if records:
+        if records or self.recovery.pending:
+            # A new assignment (it arrived paused, inside that call) is recovered now, not after
+            # a wait on partitions that cannot deliver anything yet.
             return records
         self._complete_computing()
         records = self.source.consume(1, self.config.poll_timeout_s)

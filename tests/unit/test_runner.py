@@ -8,6 +8,7 @@ past what was delivered, whatever failed on the way.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -15,7 +16,7 @@ from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry
 
 from stream.checkpoint import AtLeastOnce, Checkpoint, Topics, Transactional
-from stream.contracts import decode_forecast, encode_tick
+from stream.contracts import Record, decode_forecast, encode_tick
 from stream.errors import KafkaFailure, StoreUnavailable
 from stream.kafka import Offsets
 from stream.metrics import Health, Metrics
@@ -348,4 +349,23 @@ def test_a_rebuild_that_redis_interrupts_is_finished_before_the_batch_is_applied
     recovery.catch_up = catch_up  # type: ignore[method-assign]
     assert run_to_end(runner, source) is True
     assert order[0] == "rebuild interrupted" and order[1].startswith("rebuilt {('ticks', 0): ")
+    assert per_symbol(forecasts(sink.delivered)) == EXPECTED
+
+
+def test_a_new_assignment_is_recovered_without_waiting_on_its_paused_partitions() -> None:
+    # The assignment arrives (paused) inside the first consume; waiting poll_timeout_s on
+    # partitions that cannot deliver before the loop recovers them was dead time at every start.
+    runner, source, sink, _, _ = make()
+    runner.config = dataclasses.replace(runner.config, poll_timeout_s=0.05)
+    waits: list[float] = []
+    consume = source.consume
+
+    def watching(max_records: int, timeout: float) -> list[Record]:
+        if timeout > 0 and not source.resumed:
+            waits.append(timeout)
+        return consume(max_records, timeout)
+
+    source.consume = watching  # type: ignore[method-assign]
+    run_to_end(runner, source)
+    assert waits == []
     assert per_symbol(forecasts(sink.delivered)) == EXPECTED
