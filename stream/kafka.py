@@ -348,8 +348,26 @@ class Source:
                 raise failure(exc, f"watermarks of {tp.topic}[{tp.partition}]") from None
         return out
 
-    def close(self) -> None:
-        self._consumer.close()
+    def close(self, timeout: float | None = None) -> bool:
+        """Leave the group and close. With `timeout` (a stop), wait at most that long: with the
+        broker gone librdkafka's close waited seconds for the group coordinator past the
+        shutdown deadline; it is then left to finish (or not) on a daemon thread, and the process
+        exits without it. True if it closed in time."""
+        if timeout is None:
+            self._consumer.close()
+            return True
+        closed = threading.Event()
+
+        def closing() -> None:
+            with contextlib.suppress(Exception):
+                self._consumer.close()
+            closed.set()
+
+        threading.Thread(target=closing, name="tickcast-consumer-close", daemon=True).start()
+        if closed.wait(timeout):
+            return True
+        log.warning("consumer not closed within %.1f s (broker away?); exiting without it", timeout)
+        return False
 
     def _committed_async(self, err: KafkaError | None, tps: list[TopicPartition]) -> None:
         if err is not None:

@@ -131,7 +131,10 @@ class Runner:
             if self.stopping:
                 timeout = max(self._stop_deadline - time.monotonic(), 0.0)
             clean = self.checkpoint.close(timeout)
-            self.source.close()
+            if self.stopping:  # bounded too: what is left of the deadline, and a moment
+                self.source.close(max(self._stop_deadline - time.monotonic(), 0.0) + 0.5)
+            else:
+                self.source.close()
             if self._model_thread is not None:
                 self._model_thread.shutdown(wait=False, cancel_futures=True)
             log.info("stopped clean=%s", clean)

@@ -298,8 +298,9 @@ class FakeSource:
     def resume(self, partitions: list[Partition]) -> None:
         self.resumed.update(partitions)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> bool:
         self.closed = True
+        return True
 
 
 class TimingOutSink(FakeSink):
