@@ -487,7 +487,9 @@ class Transactional(Checkpoint):
             return  # stopping: the restart's init_transactions fences what is left open
         try:
             if self._renew:
-                self.sink.renew()
+                # Short: a stop that comes meanwhile must not wait for init_transactions' 30 s;
+                # a renewal that times out is tried again before the next batch.
+                self.sink.renew(2.0)
                 self._renew = False
             parts = sorted(self._rewind_to_committed)
             committed = self.source.committed(parts) if parts else {}

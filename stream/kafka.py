@@ -494,18 +494,19 @@ class Sink:
         self.transactional = "transactional.id" in conf
         self._producer = self._new()
 
-    def _new(self) -> Producer:
+    def _new(self, init_timeout_s: float | None = None) -> Producer:
         producer = Producer(_routed(self._conf))
         if self.transactional:
             try:
-                producer.init_transactions(self._init_timeout_s)
+                producer.init_transactions(init_timeout_s or self._init_timeout_s)
             except KafkaException as exc:
                 raise failure(exc, "init transactions") from None
         return producer
 
-    def renew(self) -> None:
-        """A new producer in place of one that hit a fatal error."""
-        old, self._producer = self._producer, self._new()
+    def renew(self, init_timeout_s: float | None = None) -> None:
+        """A new producer in place of one that hit a fatal error (KafkaFailure if it cannot
+        register its transactional id within `init_timeout_s`; the old one is kept then)."""
+        old, self._producer = self._producer, self._new(init_timeout_s)
         # What the old one still holds is redone through the rewind; destroying it with
         # undelivered messages would block until message.timeout.ms. A producer in a fatal state
         # may refuse even that (its calls raise): it is dropped all the same.

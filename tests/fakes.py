@@ -219,7 +219,7 @@ class FakeSink:
             err, self.abort_error = self.abort_error, None
             raise err
 
-    def renew(self) -> None:
+    def renew(self, init_timeout_s: float | None = None) -> None:
         if self.renew_error is not None:
             err, self.renew_error = self.renew_error, None
             raise err

@@ -24,7 +24,7 @@ class RenewFailsSink(FakeSink):
         super().__init__()
         self.renew_failures = renew_failures
 
-    def renew(self) -> None:
+    def renew(self, init_timeout_s: float | None = None) -> None:
         if self.renew_failures:
             self.renew_failures -= 1
             raise KafkaFailure("init transactions: _TIMED_OUT", "_TIMED_OUT", retriable=True)
@@ -123,7 +123,7 @@ class FatalProducerSink(FakeSink):
             raise KafkaFailure("produce to forecasts: _FATAL", "_FATAL", fatal=True)
         super().produce(topic, key, value, headers, on_delivery)
 
-    def renew(self) -> None:
+    def renew(self, init_timeout_s: float | None = None) -> None:
         super().renew()
         self.broken = False
 
