@@ -21,8 +21,8 @@ batch size (1,214 of 3,000 gold windows differed between batch 1 and one batch o
 session option changes that (graph optimisation off and use_deterministic_compute were tried). So
 every model call has a fixed shape, or one the kernels treat alike: with one intra-op thread (the
 default) a call's rows are padded to a multiple of PAD_ROWS with copies of a real window, so no
-real row falls in a scalar remainder (0.13 ms for a batch of 1); with several threads, whose split
-points depend on the shape, every call is exactly CHUNK_ROWS rows (0.42 ms for a batch of 1).
+real row falls in a scalar remainder (padding is cheap at small batches); with several threads,
+whose split points depend on the shape, every call is exactly CHUNK_ROWS rows.
 Both give the same bits as each other, for any batch, position, neighbours and thread count.
 TensorFlow (oneDNN) varies with the batch size too, and runs in CHUNK_ROWS chunks as well.
 All of it is held bitwise by tests/model/test_batch_invariance.py.
@@ -55,12 +55,12 @@ VERSION_LENGTH = 12
 #: Rows in every model call with several intra-op threads (and TensorFlow): one input shape, so
 #: one choice of kernels and thread split for every window. Padding alone is not enough there: one
 #: call of 100,000 rows on 8 threads splits the Softplus at other boundaries (42 rows differed).
-#: 32 keeps throughput (~80,000 windows/s at batch 256 and 1,000, as one call did).
+#: 32 keeps throughput at large batches (`tickcast bench model --batch-sizes 256,1000`).
 CHUNK_ROWS = 32
 #: With one intra-op thread a call runs its rows in order and only the tail can take the scalar
 #: path: padding the rows to a multiple of 8 (24 outputs, whole vectors of 4 or 8 floats) makes
-#: every row take the vector path (0 of 3,000 gold windows differ in 200 random batches of up to
-#: 700, on an AVX-512 machine). Changing either constant may change forecasts in the last bits.
+#: every row take the vector path (held bitwise by tests/model/test_batch_invariance.py).
+#: Changing either constant may change forecasts in the last bits.
 PAD_ROWS = 8
 
 FloatArray = npt.NDArray[np.float64]
