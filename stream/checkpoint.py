@@ -221,6 +221,8 @@ class Checkpoint(ABC):
 
 #: an asynchronous commit without a reply for this long is taken as lost; the next one is sent
 COMMIT_REPLY_WAIT_S = 5.0
+#: the longest a call in a fatal error's repair may block (a signal waits for it)
+REPAIR_CALL_S = 2.0
 
 
 class AtLeastOnce(Checkpoint):
@@ -452,14 +454,22 @@ class Transactional(Checkpoint):
         failed = self._drop_open()
         self._redo_pending = True
         if not exc.fatal:
-            left = self.stop_deadline - time.monotonic()
+            # In slices, like every other call here: with the broker gone the abort waits for
+            # its whole timeout, and a SIGTERM's handler cannot run before the call returns.
             try:
-                self.sink.abort(max(0.001, min(self.timeout_s, left)))
+                aborted = self._within(
+                    lambda t: _retrying(lambda: self.sink.abort(t)), self.timeout_s
+                )
             except KafkaFailure as abort_exc:
-                # An abort that fails (INVALID_TXN_STATE after a broker restart, a timeout)
-                # leaves the transaction's state unknown: the producer is replaced like a fatal one.
+                # An abort that fails (INVALID_TXN_STATE after a broker restart) leaves the
+                # transaction's state unknown: the producer is replaced like a fatal one.
                 exc = abort_exc
                 exc.fatal = True
+            else:
+                if not aborted:
+                    exc = KafkaFailure(
+                        f"abort transaction timed out after: {exc}", "_TIMED_OUT", fatal=True
+                    )
         if not exc.fatal:
             self._rewind(failed, str(exc))
             return
@@ -486,13 +496,14 @@ class Transactional(Checkpoint):
         if self.stop_deadline < math.inf:
             return  # stopping: the restart's init_transactions fences what is left open
         try:
+            # Short calls: a stop that comes meanwhile must not wait for init_transactions' 30 s
+            # (or a committed-offsets lookup's 10 s); what times out is tried again before the
+            # next batch.
             if self._renew:
-                # Short: a stop that comes meanwhile must not wait for init_transactions' 30 s;
-                # a renewal that times out is tried again before the next batch.
-                self.sink.renew(2.0)
+                self.sink.renew(REPAIR_CALL_S)
                 self._renew = False
             parts = sorted(self._rewind_to_committed)
-            committed = self.source.committed(parts) if parts else {}
+            committed = self.source.committed(parts, REPAIR_CALL_S) if parts else {}
         except KafkaFailure as exc:
             # Meanwhile read the same span again rather than run ahead of the committed offsets
             # (further than window.history could serve when the rewind finally comes).

@@ -3,14 +3,25 @@ rewinds. Each test is a short timeline of batches and delivery reports."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import pytest
 from confluent_kafka import KafkaError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.checkpoint import AtLeastOnce, Batch, Topics, Transactional, open_batch
+from stream.checkpoint import (
+    REPAIR_CALL_S,
+    AtLeastOnce,
+    Batch,
+    Topics,
+    Transactional,
+    open_batch,
+)
 from stream.contracts import Forecast, Record, Rejected, Source
 from stream.errors import KafkaFailure
+from stream.kafka import Partition
 from stream.pipeline import BatchResult
 from tests.fakes import FakeSink, FakeSource, TimingOutSink
 
@@ -306,8 +317,6 @@ def test_exactly_once_shutdown_reports_an_unfinished_batch(stuck: bool) -> None:
 def test_a_stop_bounds_a_transaction_that_cannot_commit() -> None:
     # Broker gone mid-transaction, SIGTERM: no call may outlast the stop deadline, and the
     # producer is not replaced while stopping (the restart's init_transactions fences it).
-    import time
-
     sink, source = TimingOutSink(), FakeSource()
     cp = Transactional(source, sink, TOPICS, timeout_s=30)
     cp.stop_by(time.monotonic() + 0.5)
@@ -356,3 +365,69 @@ def test_at_most_one_commit_is_in_flight() -> None:
     publish(cp, records(0, 50, 1))
     cp.settle()
     assert len(source.commits) == 2 and source.commits[1][0] == {(T, 0): 51}
+
+
+class AbortTimesOut(FakeSink):
+    """The broker died mid-transaction: the commit fails and the abort cannot reach it. Each
+    abort records the time it was given and takes a little of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.abort_timeouts: list[float] = []
+        self.on_abort: Callable[[int], None] = lambda n: None
+        self.transaction_error = KafkaFailure("x", "_TIMED_OUT", abortable=True)
+
+    def commit(self, timeout: float) -> None:
+        self.transaction_error = KafkaFailure("x", "_TIMED_OUT", abortable=True)
+        super().commit(timeout)
+
+    def abort(self, timeout: float) -> None:
+        self.abort_timeouts.append(timeout)
+        self.on_abort(len(self.abort_timeouts))
+        time.sleep(min(timeout, 0.02))
+        raise KafkaFailure("abort transaction: _TIMED_OUT", "_TIMED_OUT", retriable=True)
+
+
+def test_a_stop_during_an_abort_that_cannot_reach_the_broker_is_served_within_a_slice() -> None:
+    # A signal handler runs only between calls into librdkafka. The abort was given the whole
+    # transaction timeout (30 s), and a SIGTERM that came meanwhile waited for it (CI: not exited
+    # 29 s after SIGTERM, the broker gone).
+    sink, source = AbortTimesOut(), FakeSource()
+    cp = Transactional(source, sink, TOPICS, timeout_s=30)
+    sink.on_abort = lambda n: cp.stop_by(time.monotonic() + 0.1) if n == 3 else None
+    batch = publish(cp, records(0, 0, 2))
+    assert max(sink.abort_timeouts) <= 1.0
+    assert 3 <= len(sink.abort_timeouts) <= 10  # retried, then given up at the stop deadline
+    assert batch.dropped and sink.renewals == 0  # stopping: the restart fences the producer
+    assert cp.close(timeout_s=0) is False
+
+
+def test_an_abort_that_keeps_timing_out_replaces_the_producer() -> None:
+    sink, source = AbortTimesOut(), FakeSource()
+    source.group_committed = {(T, 0): 0}
+    cp = Transactional(source, sink, TOPICS, timeout_s=0.2)
+    batch = publish(cp, records(0, 0, 2))
+    assert batch.dropped and len(sink.abort_timeouts) > 1
+    assert sink.renewals == 1 and source.seeks == [{(T, 0): 0}]
+
+
+def test_a_fatal_repair_never_blocks_longer_than_its_slice() -> None:
+    class Recording(FakeSource):
+        def committed(
+            self, partitions: list[Partition], timeout: float = 10.0
+        ) -> dict[Partition, int]:
+            timeouts.append(timeout)
+            return super().committed(partitions, timeout)
+
+    class RenewRecording(FakeSink):
+        def renew(self, init_timeout_s: float | None = None) -> None:
+            assert init_timeout_s is not None
+            timeouts.append(init_timeout_s)
+            super().renew(init_timeout_s)
+
+    timeouts: list[float] = []
+    sink, source = RenewRecording(), Recording()
+    cp = Transactional(source, sink, TOPICS, timeout_s=30)
+    sink.transaction_error = KafkaFailure("fenced", "_FENCED", fatal=True)
+    publish(cp, records(0, 0, 2))
+    assert sink.renewals == 1 and len(timeouts) == 2 and max(timeouts) <= REPAIR_CALL_S <= 2.0
