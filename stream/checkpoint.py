@@ -118,6 +118,7 @@ class Checkpoint(ABC):
     def stop_by(self, deadline: float) -> None:
         """A stop was requested: no Kafka call may outlast `deadline` (monotonic)."""
         self.stop_deadline = deadline
+        self.sink.stop_by(deadline)
 
     def _within(self, call: Callable[[float], bool], timeout_s: float) -> bool:
         """Call `call(slice_s)` until it returns True, in slices of at most a second, for up to
@@ -258,6 +259,11 @@ class AtLeastOnce(Checkpoint):
         try:
             self._produce(batch, output)
         except KafkaFailure as exc:
+            if self.stop_deadline < math.inf and not exc.fatal:
+                # Stopping with the producer's queue still full: the batch is left uncommitted
+                # (redone by the next run, its queued part purged at close).
+                log.warning("batch not published before the stop deadline: %s", exc)
+                return
             # A fatal error of the idempotent producer (it refuses every message from then on):
             # a new producer, and every batch not yet delivered is read again.
             if not exc.fatal:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -493,6 +494,8 @@ class Sink:
         self._init_timeout_s = init_timeout_s
         self.transactional = "transactional.id" in conf
         self._producer = self._new()
+        #: monotonic time after which produce() stops waiting for room in a full queue
+        self.stop_deadline = math.inf
 
     def _new(self, init_timeout_s: float | None = None) -> Producer:
         producer = Producer(_routed(self._conf))
@@ -538,10 +541,21 @@ class Sink:
                     )
                 return
             except BufferError:
-                # Serving delivery reports is what frees the queue.
+                # Full: the broker has been away for a while. Serving delivery reports is what
+                # frees the queue, which can take until message.timeout.ms; a stop does not wait.
+                if time.monotonic() >= self.stop_deadline:
+                    raise KafkaFailure(
+                        f"produce to {topic}: the local queue is still full at the stop deadline",
+                        "_QUEUE_FULL",
+                        retriable=True,
+                    ) from None
                 producer.poll(0.05)
             except KafkaException as exc:
                 raise failure(exc, f"produce to {topic}") from None
+
+    def stop_by(self, deadline: float) -> None:
+        """A stop was requested: produce() gives up waiting for queue room at `deadline`."""
+        self.stop_deadline = deadline
 
     def poll(self, timeout: float = 0.0) -> None:
         self._producer.poll(timeout)

@@ -147,6 +147,7 @@ class FakeSink:
         self.abort_error: KafkaFailure | None = None
         self.renewals = 0
         self.renew_error: KafkaFailure | None = None
+        self.stop_deadline = float("inf")
         self._offsets: dict[Partition, int] = {}
         #: messages of committed transactions, and of open ones
         self.committed_output: list[Produced] = []
@@ -191,6 +192,9 @@ class FakeSink:
     def flush(self, timeout: float) -> int:
         self.ack()
         return len(self.pending)
+
+    def stop_by(self, deadline: float) -> None:
+        self.stop_deadline = deadline
 
     def begin(self) -> None:
         self.calls.append("begin")
