@@ -170,6 +170,19 @@ class MetricsSettings(_Section):
     port: int = Field(default=9400, ge=0, le=65535)
 
 
+class ServeSettings(_Section):
+    """`tickcast serve`, the HTTP API on the stream's model and cache (stream/serve/)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    #: windows in one POST /v1/predict/batch at most (one model call for all of them)
+    max_batch_windows: int = Field(default=1000, ge=1, le=100_000)
+    #: a request body longer than this is refused with 413 before it is parsed
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=67_108_864)
+    #: server processes (each loads the model once); 0: one per CPU
+    workers: int = Field(default=1, ge=0, le=64)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -187,6 +200,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     processing: ProcessingSettings = ProcessingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    serve: ServeSettings = ServeSettings()
 
     @model_validator(mode="after")
     def _history_covers_uncommitted_span(self) -> Settings:
