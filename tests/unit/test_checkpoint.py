@@ -4,7 +4,7 @@ rewinds. Each test is a short timeline of batches and delivery reports."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pytest
 from confluent_kafka import KafkaError
@@ -431,3 +431,30 @@ def test_a_fatal_repair_never_blocks_longer_than_its_slice() -> None:
     sink.transaction_error = KafkaFailure("fenced", "_FENCED", fatal=True)
     publish(cp, records(0, 0, 2))
     assert sink.renewals == 1 and len(timeouts) == 2 and max(timeouts) <= REPAIR_CALL_S <= 2.0
+
+
+def test_the_final_commit_at_a_stop_is_bounded_when_no_reply_comes() -> None:
+    # A synchronous commit has no timeout: with the coordinator gone it waited for seconds past
+    # the stop deadline. At a stop the commit is sent asynchronously and its reply waited for
+    # only until the deadline; unconfirmed, the stop reports work left undone (exit 3).
+    class NoReply(FakeSource):
+        served: float = 0.0
+
+        def commit(self, offsets: Mapping[Partition, int], *, asynchronous: bool) -> None:
+            assert asynchronous, "a synchronous commit at a stop cannot be bounded"
+            self.commits.append((dict(offsets), asynchronous))  # sent; the reply never comes
+
+        def serve(self, timeout: float) -> None:
+            assert timeout <= 1.0
+            self.served += timeout
+            time.sleep(min(timeout, 0.01))
+
+    sink, source = FakeSink(), NoReply()
+    cp = AtLeastOnce(source, sink, TOPICS, commit_interval_s=3600.0, commit_after=10**9)
+    publish(cp, records(0, 0, 3))
+    cp.settle()  # delivered, not yet due for a commit
+    cp.stop_by(time.monotonic() + 0.2)
+    started = time.monotonic()
+    assert cp.close(timeout_s=30) is False
+    assert time.monotonic() - started < 5.0  # the deadline, not close's 30 s
+    assert source.commits == [({(T, 0): 3}, True)] and source.served > 0
