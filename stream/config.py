@@ -1,7 +1,15 @@
 """Typed, frozen settings: config.toml, overridden by TICKCAST_<SECTION>__<KEY> from the environment.
 
-Secrets (SASL password, Redis password) come from the environment only: a secret in the file is a
-configuration error, and a secret is never part of any message or log line (SecretStr).
+Secrets (SASL password, OIDC client secret, TLS key password, Redis password, and any librdkafka
+property of `[kafka.client]` that holds one) come from the environment only: a secret in the file is
+a configuration error, and a secret is never part of any message or log line (SecretStr).
+
+`[kafka.client]` passes librdkafka properties through as they are (`"ssl.ca.location" = ...`, or
+`TICKCAST_KAFKA__CLIENT__SSL_CA_LOCATION` with underscores for dots); librdkafka itself checks
+them when the first client is made (stream/kafka.py). The typed `kafka.security_protocol`,
+`kafka.sasl_*` and `kafka.ssl_*` keys cover the common cases and are checked together here: a
+SASL mechanism without credentials, a client certificate without its key, a CA file that is not
+there is one error naming the key, before anything connects.
 
 Strict where a typo would otherwise pass in silence: a value in the file must have its key's TOML
 type (`max_batch = "10"` is an error; the environment has only strings, so it is parsed), and a
@@ -21,6 +29,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -37,7 +46,68 @@ ENV_PREFIX = "TICKCAST_"
 DEFAULT_CONFIG = Path("config.toml")
 
 #: Keys that may only be set from the environment.
-SECRET_KEYS = {("kafka", "sasl_password"), ("redis", "password")}
+SECRET_KEYS = {
+    ("kafka", "sasl_password"),
+    ("kafka", "sasl_oauthbearer_client_secret"),
+    ("kafka", "ssl_key_password"),
+    ("redis", "password"),
+}
+
+#: Words that make a librdkafka property of `[kafka.client]` a secret (sasl.password,
+#: ssl.key.password, ssl.keystore.password, sasl.oauthbearer.client.secret, ssl.key.pem,
+#: sasl.oauthbearer.config, sasl.oauthbearer.assertion.private.key.*): environment only, and
+#: kept as SecretStr so no dump or message shows it.
+_SECRET_PROPERTY_WORDS = ("password", "secret", "key.pem", "private.key", "oauthbearer.config")
+
+#: Client properties tickcast sets itself, for its delivery guarantee or from a typed key: a
+#: passthrough value would be overridden or break the commit order, so it is refused by name.
+OWNED_PROPERTIES = {
+    "bootstrap.servers": "use kafka.bootstrap_servers",
+    "group.id": "use kafka.group_id",
+    "client.id": "use kafka.client_id",
+    "session.timeout.ms": "use kafka.session_timeout_ms",
+    "transactional.id": "use kafka.transactional_id_prefix and kafka.instance_id",
+    "enable.auto.commit": "offsets are committed only after delivery",
+    "enable.auto.offset.store": "offsets are committed only after delivery",
+    "isolation.level": "tickcast reads committed ticks only",
+    "enable.idempotence": "the producer is idempotent for the delivery guarantee",
+}
+
+
+def is_secret_property(name: str) -> bool:
+    """Whether the librdkafka property `name` holds a secret."""
+    return any(word in name for word in _SECRET_PROPERTY_WORDS)
+
+
+def client_property_name(key: str) -> str:
+    """A `[kafka.client]` key as librdkafka spells it: lower case, dots (the environment's
+    `SSL_CA_LOCATION` and the file's `ssl.ca.location` are one property)."""
+    return key.lower().replace("_", ".")
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """TOML reads `ssl.ca.location = ...` as nested tables; librdkafka wants one dotted name."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = client_property_name(f"{prefix}{key}")
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+#: A passthrough property's value (librdkafka takes them all as text).
+ClientValue = str | int | float | bool | SecretStr
+
+
+def _librdkafka_text(value: ClientValue) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
 
 #: TICKCAST_* variables that are not service settings: the local services (tools/localinfra.py)
 #: and the fault suite (tests/faults/support.py). Any other TICKCAST_* name must name a setting;
@@ -69,26 +139,205 @@ class KafkaSettings(_Section):
     session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: SaslMechanism = ""
+    #: PLAIN and SCRAM-SHA-*: the user and its password (environment only)
     sasl_username: str = ""
     sasl_password: SecretStr = SecretStr("")
+    #: OAUTHBEARER with OIDC client credentials: librdkafka fetches and refreshes the token from
+    #: the endpoint itself (sasl.oauthbearer.method = oidc); the secret from the environment only
+    sasl_oauthbearer_token_endpoint_url: str = ""
+    sasl_oauthbearer_client_id: str = ""
+    sasl_oauthbearer_client_secret: SecretStr = SecretStr("")
+    sasl_oauthbearer_scope: str = ""
+    #: SSL and SASL_SSL: the CA file (or folder) that signed the brokers' certificates (empty:
+    #: the system's CAs), and a client certificate with its key for mutual TLS
+    ssl_ca_location: str = ""
+    ssl_certificate_location: str = ""
+    ssl_key_location: str = ""
+    ssl_key_password: SecretStr = SecretStr("")
+    #: check that the broker's certificate names the host connected to (false: any name)
+    ssl_endpoint_identification: bool = True
+    #: any other librdkafka property, passed through to every client (`[kafka.client]`)
+    client: dict[str, ClientValue] = Field(default_factory=dict)
     #: exactly-once: transactional.id = <prefix>-<group_id>-<instance_id>. Keep instance_id stable
     #: across restarts of one instance (so a restart fences and aborts its predecessor's open
     #: transaction at once) and distinct between instances. Empty: the host name.
     transactional_id_prefix: str = "tickcast"
     instance_id: str = ""
 
-    def librdkafka_common(self) -> dict[str, Any]:
-        """The client keys every Kafka client of tickcast shares."""
-        conf: dict[str, Any] = {
+    @field_validator("client", mode="before")
+    @classmethod
+    def _client_properties(cls, table: Any) -> Any:
+        if not isinstance(table, dict):
+            return table
+        flat = _flatten(table)
+        for name in flat:
+            if name in OWNED_PROPERTIES:
+                raise ValueError(
+                    f"kafka.client.{name} is set by tickcast ({OWNED_PROPERTIES[name]})"
+                )
+        return {
+            name: SecretStr(str(value))
+            if is_secret_property(name) and not isinstance(value, SecretStr)
+            else value
+            for name, value in flat.items()
+        }
+
+    def _typed_properties(self) -> dict[str, str]:
+        """The librdkafka properties the typed keys give (secrets revealed: for the client only)."""
+        conf: dict[str, str] = {
             "bootstrap.servers": self.bootstrap_servers,
             "client.id": self.client_id,
             "security.protocol": self.security_protocol,
         }
         if self.sasl_mechanism:
             conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
             conf["sasl.username"] = self.sasl_username
             conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.sasl_mechanism == "OAUTHBEARER" and self.sasl_oauthbearer_token_endpoint_url:
+            conf["sasl.oauthbearer.method"] = "oidc"
+            conf["sasl.oauthbearer.token.endpoint.url"] = self.sasl_oauthbearer_token_endpoint_url
+            conf["sasl.oauthbearer.client.id"] = self.sasl_oauthbearer_client_id
+            conf["sasl.oauthbearer.client.secret"] = (
+                self.sasl_oauthbearer_client_secret.get_secret_value()
+            )
+            if self.sasl_oauthbearer_scope:
+                conf["sasl.oauthbearer.scope"] = self.sasl_oauthbearer_scope
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            conf["ssl.endpoint.identification.algorithm"] = (
+                "https" if self.ssl_endpoint_identification else "none"
+            )
+        for prop, value in (
+            ("ssl.ca.location", self.ssl_ca_location),
+            ("ssl.certificate.location", self.ssl_certificate_location),
+            ("ssl.key.location", self.ssl_key_location),
+            ("ssl.key.password", self.ssl_key_password.get_secret_value()),
+        ):
+            if value:
+                conf[prop] = value
         return conf
+
+    def librdkafka_common(self) -> dict[str, Any]:
+        """The client keys every Kafka client of tickcast shares: the typed keys' properties,
+        then `[kafka.client]` passed through (it has the last word)."""
+        conf: dict[str, Any] = self._typed_properties()
+        conf.update(self.client_properties())
+        return conf
+
+    def client_properties(self) -> dict[str, str]:
+        """`[kafka.client]` as librdkafka takes it (secrets revealed: for the client only)."""
+        return {name: _librdkafka_text(value) for name, value in self.client.items()}
+
+    def key_of(self, prop: str) -> str:
+        """The setting a librdkafka property comes from, for messages."""
+        if prop in self.client:
+            return f"kafka.client.{prop}"
+        return _TYPED_KEY.get(prop, f"kafka.client.{prop}")
+
+    @model_validator(mode="after")
+    def _security_fits_together(self, info: ValidationInfo) -> KafkaSettings:
+        # The file alone is checked first (strictly typed, see _check_file), when secrets from
+        # the environment are still missing: the combination is checked on the whole load only.
+        if info.context and info.context.get("partial"):
+            return self
+        conf = self.librdkafka_common()
+        key = self.key_of
+        protocol = str(conf.get("security.protocol", "plaintext")).upper()
+        mechanism = str(conf.get("sasl.mechanism", "")).upper()
+        sasl = protocol.startswith("SASL_")
+        tls = protocol.endswith("SSL")
+        if mechanism and not sasl:
+            raise ValueError(
+                f"{key('sasl.mechanism')} is {mechanism} but {key('security.protocol')} is"
+                f" {protocol}: SASL needs SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        if sasl and not mechanism:
+            raise ValueError(
+                f"{key('security.protocol')} is {protocol} but {key('sasl.mechanism')} is not set"
+                " (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER or GSSAPI)"
+            )
+        if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            for prop in ("sasl.username", "sasl.password"):
+                if not conf.get(prop):
+                    raise ValueError(f"{_needed(key(prop))}: SASL {mechanism} needs it")
+        if mechanism == "OAUTHBEARER":
+            method = str(conf.get("sasl.oauthbearer.method", "default")).lower()
+            unsecure = str(conf.get("enable.sasl.oauthbearer.unsecure.jwt", "false")).lower()
+            if method == "oidc":
+                for prop in (
+                    "sasl.oauthbearer.token.endpoint.url",
+                    "sasl.oauthbearer.client.id",
+                    "sasl.oauthbearer.client.secret",
+                ):
+                    if not conf.get(prop):
+                        raise ValueError(f"{_needed(key(prop))}: OAUTHBEARER with OIDC needs it")
+            elif unsecure not in ("true", "1"):
+                raise ValueError(
+                    f"{key('sasl.oauthbearer.token.endpoint.url')} is empty: SASL OAUTHBEARER"
+                    " needs an OIDC token endpoint (with kafka.sasl_oauthbearer_client_id and"
+                    " TICKCAST_KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET)"
+                )
+        files = ("ssl.ca.location", "ssl.certificate.location", "ssl.key.location")
+        if not tls:
+            for prop in (*files, "ssl.key.password"):
+                if conf.get(prop):
+                    raise ValueError(
+                        f"{key(prop)} is set but {key('security.protocol')} is {protocol}:"
+                        " TLS settings need SSL or SASL_SSL"
+                    )
+        cert, private = conf.get("ssl.certificate.location"), conf.get("ssl.key.location")
+        if cert and not private:
+            raise ValueError(
+                f"{key('ssl.certificate.location')} is set without"
+                f" {key('ssl.key.location')}: a client certificate needs its private key"
+            )
+        if private and not cert:
+            raise ValueError(
+                f"{key('ssl.key.location')} is set without {key('ssl.certificate.location')}:"
+                " a private key needs its client certificate"
+            )
+        for prop in files:
+            path = conf.get(prop)
+            if not path or (prop == "ssl.ca.location" and path == "probe"):
+                continue
+            if not Path(path).exists():
+                raise ValueError(f"{key(prop)}: no such file: {path}")
+            if not os.access(path, os.R_OK):
+                raise ValueError(f"{key(prop)}: not readable: {path}")
+        return self
+
+
+#: librdkafka property -> the typed key that sets it
+_TYPED_KEY = {
+    "bootstrap.servers": "kafka.bootstrap_servers",
+    "client.id": "kafka.client_id",
+    "security.protocol": "kafka.security_protocol",
+    "sasl.mechanism": "kafka.sasl_mechanism",
+    "sasl.username": "kafka.sasl_username",
+    "sasl.password": "kafka.sasl_password",
+    "sasl.oauthbearer.token.endpoint.url": "kafka.sasl_oauthbearer_token_endpoint_url",
+    "sasl.oauthbearer.client.id": "kafka.sasl_oauthbearer_client_id",
+    "sasl.oauthbearer.client.secret": "kafka.sasl_oauthbearer_client_secret",
+    "sasl.oauthbearer.scope": "kafka.sasl_oauthbearer_scope",
+    "ssl.ca.location": "kafka.ssl_ca_location",
+    "ssl.certificate.location": "kafka.ssl_certificate_location",
+    "ssl.key.location": "kafka.ssl_key_location",
+    "ssl.key.password": "kafka.ssl_key_password",
+    "ssl.endpoint.identification.algorithm": "kafka.ssl_endpoint_identification",
+}
+
+
+def _needed(key: str) -> str:
+    """`key` is empty, and where to set it (a secret: its environment variable)."""
+    section_key = key.split(".", 1)
+    if tuple(section_key) in SECRET_KEYS:
+        return (
+            f"{key} is empty (set {ENV_PREFIX}{section_key[0].upper()}__{section_key[1].upper()})"
+        )
+    if key.startswith("kafka.client.") and is_secret_property(key.removeprefix("kafka.client.")):
+        env = key.removeprefix("kafka.client.").upper().replace(".", "_")
+        return f"{key} is empty (set {ENV_PREFIX}KAFKA__CLIENT__{env})"
+    return f"{key} is empty"
 
 
 class TopicsSettings(_Section):
@@ -102,8 +351,17 @@ class TopicsSettings(_Section):
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "tickcast"
+    #: an ACL user (Redis >= 6); empty: the URL's, else the default user
+    username: str = ""
     password: SecretStr = SecretStr("")
     socket_timeout_s: float = Field(default=2.0, gt=0)
+    #: TLS (a rediss:// URL): the CA file that signed the server's certificate (empty: the
+    #: system's CAs), a client certificate and its key when the server asks for one
+    #: (`tls-auth-clients`), and whether the certificate must name the host connected to
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_check_hostname: bool = True
 
     @field_validator("url")
     @classmethod
@@ -111,6 +369,48 @@ class RedisSettings(_Section):
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return url
+
+    @model_validator(mode="after")
+    def _tls_fits_together(self, info: ValidationInfo) -> RedisSettings:
+        tls = {
+            "redis.tls_ca_file": self.tls_ca_file,
+            "redis.tls_cert_file": self.tls_cert_file,
+            "redis.tls_key_file": self.tls_key_file,
+        }
+        for key, path in tls.items():
+            if path and not self.url.startswith("rediss://"):
+                raise ValueError(f"{key} is set but redis.url is not a rediss:// (TLS) URL")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            given, missing = (
+                ("redis.tls_cert_file", "redis.tls_key_file")
+                if self.tls_cert_file
+                else ("redis.tls_key_file", "redis.tls_cert_file")
+            )
+            raise ValueError(f"{given} is set without {missing}: a client certificate needs both")
+        if info.context and info.context.get("partial"):
+            return self
+        for key, path in tls.items():
+            if path and not Path(path).is_file():
+                raise ValueError(f"{key}: no such file: {path}")
+        return self
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """redis-py's keyword arguments beside the URL (secrets revealed: for the client only)."""
+        kwargs: dict[str, Any] = {}
+        if self.username:
+            kwargs["username"] = self.username
+        if self.password.get_secret_value():
+            kwargs["password"] = self.password.get_secret_value()
+        if self.url.startswith("rediss://"):
+            kwargs["ssl_check_hostname"] = self.tls_check_hostname
+            for arg, path in (
+                ("ssl_ca_certs", self.tls_ca_file),
+                ("ssl_certfile", self.tls_cert_file),
+                ("ssl_keyfile", self.tls_key_file),
+            ):
+                if path:
+                    kwargs[arg] = path
+        return kwargs
 
 
 class WindowSettings(_Section):
@@ -256,11 +556,20 @@ def _check_file(path: Path) -> None:
                     f"config error: {section}.{key} is a secret; set it in the environment as {env},"
                     f" not in {path}"
                 )
+        client = body.get("client") if section == "kafka" else None
+        if isinstance(client, dict):
+            for name in _flatten(client):
+                if is_secret_property(name):
+                    env = f"{ENV_PREFIX}KAFKA__CLIENT__{name.upper().replace('.', '_')}"
+                    raise ConfigError(
+                        f"config error: kafka.client.{name} is a secret; set it in the environment"
+                        f" as {env}, not in {path}"
+                    )
         # Strict types: the file is typed, so "10" for an integer is a mistake, not a number.
         # The whole load validates again afterwards (lax, for the environment's strings).
         model = cast("type[BaseModel]", Settings.model_fields[section].annotation)
         try:
-            model.model_validate(body, strict=True)
+            model.model_validate(body, strict=True, context={"partial": True})
         except ValidationError as exc:
             first: dict[str, Any] = dict(exc.errors()[0])
             first["loc"] = (section, *exc.errors()[0]["loc"])
@@ -289,6 +598,11 @@ def _check_env(environ: dict[str, str]) -> None:
         if not upper.startswith(ENV_PREFIX) or upper in TOOLING_ENV:
             continue
         parts = upper[len(ENV_PREFIX) :].lower().split("__")
+        if parts[:2] == ["kafka", "client"] and len(parts) == 2:
+            raise ConfigError(
+                f"config error: {name}: kafka.client is a table of librdkafka properties; set"
+                f" each as {ENV_PREFIX}KAFKA__CLIENT__<PROPERTY> (dots as underscores)"
+            )
         if len(parts) < 2 or not all(parts) or not _names_a_setting(Settings, parts):
             if len(parts) >= 2 and parts[0] in _SECTIONS and all(parts):
                 key = ".".join(parts)
@@ -299,6 +613,12 @@ def _check_env(environ: dict[str, str]) -> None:
             )
 
 
+def _names_keys(error: dict[str, Any]) -> bool:
+    """Whether a validator's message names its keys itself (`kafka.client.x is set by ...`)."""
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    return msg.startswith(tuple(f"{section}." for section in _SECTIONS))
+
+
 def _describe(error: dict[str, Any], env: dict[str, str], file: Path | None) -> str:
     loc = ".".join(str(p) for p in error["loc"])
     var = ENV_PREFIX + "__".join(str(p).upper() for p in error["loc"])
@@ -307,7 +627,9 @@ def _describe(error: dict[str, Any], env: dict[str, str], file: Path | None) -> 
     )
     if error["type"] == "extra_forbidden":
         return f"unknown key {loc}{origin}"
-    if not error["loc"]:  # a rule across keys; its message names them
+    if len(error["loc"]) <= 1 or (error["type"] == "value_error" and _names_keys(error)):
+        # A rule across keys: its message names them (and the input, which may hold a secret
+        # from the environment, is not shown).
         return str(error["msg"]).removeprefix("Value error, ")
     return f"{loc}: {error['msg']}, got {error.get('input')!r}{origin}"
 

@@ -64,10 +64,10 @@ class Service:
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    password = settings.redis.password.get_secret_value() or None
     client = redis.Redis.from_url(
         settings.redis.url,
-        password=password,
+        # ACL user, password, TLS files (redis.username, redis.password, redis.tls_*)
+        **settings.redis.connection_kwargs(),
         socket_timeout=settings.redis.socket_timeout_s,
         socket_connect_timeout=settings.redis.socket_timeout_s,
         decode_responses=False,
