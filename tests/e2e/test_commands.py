@@ -144,7 +144,7 @@ def test_bench_e2e_reports_every_number_and_cleans_up(
     }
     args = ["bench", "e2e", "--ticks", "3000", "--symbols", "10", "--runs", "1"]
     args += ["--rate", "200", "--latency-seconds", "2", "--warmup-seconds", "1"]
-    args += ["--out", str(tmp_path)]
+    args += ["--guarantee", "exactly-once", "--out", str(tmp_path)]
     proc = _tickcast(args, env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     [saved] = tmp_path.glob("e2e-*.json")
@@ -153,6 +153,16 @@ def test_bench_e2e_reports_every_number_and_cleans_up(
     [run] = result["runs"]
     assert run["forecasts_per_s"] > 0 and run["ready_s"] > 0 and run["peak_rss_mb"] > 10
     assert set(run["stages"]) >= {"decode", "window", "cache", "inference", "produce"}
+    # The outside view: every forecast seen by a read_committed reader, timed from the launch.
+    outside = run["outside"]
+    assert result["guarantee"] == "exactly-once" and result["model_cpu_us_per_window"] > 0
+    assert 0 < outside["launch_to_ready_s"] < outside["launch_to_last_forecast_s"]
+    assert 0 < outside["launch_to_first_forecast_s"] <= outside["launch_to_last_forecast_s"]
+    assert outside["forecasts_per_s"] == result["windows"] / outside["launch_to_last_forecast_s"]
+    whole = outside["thread_cpu_us_per_forecast"]
+    assert outside["process_cpu_us_per_forecast"] == sum(whole.values())
+    # from the launch: more than what the threads spent after ready
+    assert whole["service loop thread"] > run["cpu_us_per_forecast"]["service loop thread"]
     cpu = run["cpu_us_per_forecast"]
     assert cpu["service loop thread"] > 0 and cpu["service model thread and others"] > 0
     for name in localinfra.running():  # the local services' CPU is counted too
