@@ -424,6 +424,12 @@ def ensure_prometheus() -> tuple[str, str]:
     return promtool, _ensure_debian_package("prometheus", "prometheus", "")
 
 
+def ensure_amtool() -> str:
+    """amtool (`amtool check-config` on the compose stack's Alertmanager configuration), from
+    Debian's `prometheus-alertmanager` package: the release the compose file pins."""
+    return _ensure_debian_package("amtool", "prometheus-alertmanager", "")
+
+
 # ---------------------------------------------------------------- Redis
 
 
@@ -550,7 +556,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "action",
         choices=["up", "down", "status", "tools"],
-        help="tools: install what the tests need beyond Python (promtool and Prometheus)",
+        help="tools: install what the tests need beyond Python (promtool, Prometheus, amtool)",
     )
 
 
@@ -563,7 +569,7 @@ def run(args: argparse.Namespace) -> int:
         down()
         return 0
     if args.action == "tools":
-        for path in ensure_prometheus():
+        for path in (*ensure_prometheus(), ensure_amtool()):
             print(path)
         return 0
     return 0 if status() else 1
