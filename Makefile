@@ -71,7 +71,7 @@ bench: $(STAMP) ## model and end-to-end benchmarks
 train: $(STAMP) ## train a new model artifact on the bundled gold series
 	$(BIN)/tickcast train
 
-evaluate: $(STAMP) ## evaluate the served artifact against persistence
+evaluate: $(STAMP) ## the served artifact against persistence, empirical, EWMA and GARCH-t baselines (docs/model-evaluation.md)
 	$(BIN)/tickcast evaluate
 
 lock: ## refresh constraints.txt from the newest versions pyproject.toml allows (then run make test)

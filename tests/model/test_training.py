@@ -44,11 +44,26 @@ def test_train_evaluate_export_on_a_slice(tmp_path: Path) -> None:
     report = tmp_path / "report"
     evaluate = ["evaluate", "--artifact", str(folder), "--limit-rows", "1500", "--out", str(report)]
     assert main(evaluate) == 0
-    result = json.loads((report / "report.json").read_text())
-    assert result["n"] == 300 and result["version"] == manifest["version"]
+    result = json.loads((report / "model-evaluation.json").read_text())
+    assert result["test"]["n"] == 300 and result["version"] == manifest["version"]
     # evaluate and train score the same rows with the same file: the same numbers
-    assert result["model"]["mae"] == pytest.approx(manifest["test_metrics"]["model"]["mae"])
-    for name in ("report.md", "forecast.png", "errors.png", "rolling_mase.png"):
+    model = result["test"]["forecasters"]["model"]
+    assert model["point"]["mae"] == pytest.approx(manifest["test_metrics"]["model"]["mae"])
+    assert set(result["test"]["dm"]) == {
+        "garch_t",
+        "ewma",
+        "rolling_250",
+        "rolling_60",
+        "static",
+        "persistence",
+    }
+    for name in (
+        "model-evaluation.md",
+        "model-intervals.png",
+        "model-coverage-by-year.png",
+        "model-pit.png",
+        "model-forecast.png",
+    ):
         assert (report / name).stat().st_size > 0, name
 
     # re-export into a fresh folder; export itself fails if ONNX and Keras disagree by > 1e-5
