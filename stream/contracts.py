@@ -393,12 +393,16 @@ class Window(msgspec.Struct, frozen=True, eq=False, gc=False):
     """The W prices ending at `tick` (so `prices[-1] == tick.price`), oldest first.
 
     `replayed` is true when the tick was a redelivery and the window comes from the history.
-    `prices` is a read-only float64 array; equality is by identity because it holds an array.
+    `before` is the symbol's price just before `prices[0]`, NaN when the store does not hold it
+    (the symbol's first window): the previous window, `[before] + prices[:-1]`, is the one whose
+    forecast `tick` scores. `prices` is a read-only float64 array; equality is by identity
+    because it holds an array.
     """
 
     tick: Tick
     prices: npt.NDArray[np.float64]
     replayed: bool
+    before: float = math.nan
 
 
 class Source(msgspec.Struct, frozen=True, gc=False):

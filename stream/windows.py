@@ -16,9 +16,9 @@ Every number is a float64 because Redis Lua numbers are doubles; event times are
 +-2**53 at decode for the same reason, offsets and partitions never get near it. The capacity
 follows what redelivery can need (Redis memory is a budget): the ring grows, up to W + history,
 rather than overwrite entries not known to be committed, and `trim(committed)` (after commits)
-shrinks it to W entries plus those at or above the committed offset (each with the W-1 before
-it), with 64 free slots: a committed symbol costs 64 + 32 x (W + 64) bytes, 4,032 at W = 60. A
-key is rewritten with one SET when its capacity changes, so it holds no spare allocation. Keys of
+shrinks it to W entries plus those at or above the committed offset (each with the W before it:
+its window and the price before that), with 64 free slots: a committed symbol costs
+64 + 32 x (W + 64) bytes, 4,032 at W = 60. A key is rewritten with one SET when its capacity changes, so it holds no spare allocation. Keys of
 layout 1 (a 56-byte header, a fixed ring) are rewritten as layout 2 when first read.
 
 Per tick, the script decides (same partition as the last applied entry, unless noted):
@@ -28,12 +28,21 @@ Per tick, the script decides (same partition as the last applied entry, unless n
   ts alone as above;
 - offset at or below the last applied one: a redelivery. The entry with that offset is looked up
   (binary search over the offsets of the current lineage) and the window that ended there is
-  returned (`replayed`). An offset not in the history was rejected the first time: the verdict is
+  returned (`replayed`), with the same `before` as the first time. An offset not in the history was rejected the first time: the verdict is
   reproduced by comparing with the entry just before it. Beyond the history: `too_old`.
 
 The per-partition marker `{prefix}:mark:{topic}:{partition}` holds the highest offset the store
 has judged (appended or not: a late tick is done with too); it is raised in the same call, so
-windows and marker cannot disagree after a crash. The same call also checks, before it changes
+windows and marker cannot disagree after a crash.
+
+Every window comes with `before`, the symbol's price just before its first one, while the key
+holds it (NaN otherwise: the symbol's first window, or a key shrunk by an older version): the
+window before it is then `[before] + prices[:-1]`, the one whose forecast this window's last price
+scores (stream/scoring.py). Trim keeps W entries (what the next append reads) and the W before
+each uncommitted one, and the u <= history uncommitted entries with the W before the oldest fit
+the ring's W + history: whatever a redelivery can ask for (config keeps history above the
+uncommitted span) comes back with the same `before` as the first time. Only past the history, the
+oldest window still held has lost its `before` (NaN: not scored again, never scored wrong). The same call also checks, before it changes
 anything, that every marker of the batch's partitions that this store instance has written or read
 is still there: one gone means Redis lost the state (flushed, restarted empty) and the call
 changes nothing and the store raises StateLost. One EXISTS per partition, in the call the batch
@@ -59,6 +68,7 @@ redeliveries (the same windows, flagged replayed).
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -205,7 +215,7 @@ class WindowStore:
 
         Call it after commits (often; it is one script call per node, over the symbols that had
         ticks since their last trim). A key keeps its W prices, and, of its entries at or above
-        the committed offset, each with the W-1 before it (free room of up to 2 x 64 entries
+        the committed offset, each with the W before it (free room of up to 2 x 64 entries
         besides): once everything is committed a symbol costs one key of at most
         64 + 32 x (W + 128) bytes, 6.1 KB at W = 60. While ticks are uncommitted, a key grows
         to hold them, up to W + history entries.
@@ -319,12 +329,16 @@ class WindowStore:
             series[k] = (np.frombuffer(packed, dtype="<f8"), len(tail) // 8)
 
         replay_rows = np.empty((0, w), dtype="<f8")
+        replay_before = np.empty(0, dtype="<f8")
         if refs:
             ref = np.frombuffer(refs, dtype="<u4").reshape(-1, 2).astype(np.int64)
             block_len = np.fromiter((len(b) // 8 for b in blocks), dtype=np.int64)
             block_start = np.concatenate(([0], np.cumsum(block_len)[:-1]))
             flat = np.frombuffer(b"".join(blocks), dtype="<f8")
-            replay_rows = sliding_window_view(flat, w)[block_start[ref[:, 0] - 1] + ref[:, 1]]
+            starts = block_start[ref[:, 0] - 1] + ref[:, 1]
+            replay_rows = sliding_window_view(flat, w)[starts]
+            # index 0 in its block: the key no longer holds the price before the window
+            replay_before = np.where(ref[:, 1] > 0, flat[np.maximum(starts - 1, 0)], np.nan)
         windows: list[Window] = []
         rejected: list[tuple[Tick, str]] = []
         rank = dict.fromkeys(series, 0)
@@ -335,9 +349,11 @@ class WindowStore:
                 end += rank[k]
                 rank[k] += 1
                 if code == _COMPLETE:
-                    windows.append(Window(tick, prices[end - w + 1 : end + 1], False))
+                    before = float(prices[end - w]) if end >= w else math.nan
+                    windows.append(Window(tick, prices[end - w + 1 : end + 1], False, before))
             elif code == _REPLAYED:
-                windows.append(Window(tick, replay_rows[i_replay], True))
+                before = float(replay_before[i_replay])
+                windows.append(Window(tick, replay_rows[i_replay], True, before))
                 i_replay += 1
             elif code in _REJECTED:
                 rejected.append((tick, _REJECTED[code]))

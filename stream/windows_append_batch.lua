@@ -26,11 +26,14 @@
 --             r replayed with a window, R replayed without one (it was warming), l late,
 --             d duplicate, o too old;
 --   refs      per r tick, in tick order, u32 block number (1-based) and u32 index of the window's
---             first price in that block;
---   blocks    runs of stored prices (float64) that hold the replayed windows: consecutive
---             redeliveries of a symbol share one block;
---   tails     per window key, the up to W-1 prices before its first append in this batch (the
---             caller completes the windows of appended ticks with their own prices);
+--             first price in that block; index 0 means the key no longer holds the price just
+--             before the window, else it is the block's price at index - 1;
+--   blocks    runs of stored prices (float64) that hold the replayed windows, each from the price
+--             before its first window where the key still holds it: consecutive redeliveries of a
+--             symbol share one block;
+--   tails     per window key, the up to W prices before its first append in this batch, as many
+--             as the key holds (the caller completes the windows of appended ticks with their own
+--             prices; the W-th is the price before the first window, which live scoring needs);
 --   pending   per window key, '1' if it may still hold entries above the committed offset (or
 --             none was given), '0' if it holds none (it has shrunk as far as it will).
 -- All reads that can fail (layout checks) come before the first write, and nothing after the first
@@ -200,7 +203,7 @@ end
 
 local function append(st, pos, ts, off, part, relabel)
   if st.tail == nil then -- first append of this symbol in the batch: Redis is current
-    local have = math.min(st.count, W - 1)
+    local have = math.min(st.count - oldest(st), W)
     st.tail = read_prices(st, st.count - have, have)
   end
   local i = #st.pprice + 1
@@ -249,10 +252,12 @@ local function redelivered(st, ts, off)
     if j + 1 < W then return 'R' end
     local first = j - W + 1
     if first < first_held then return 'o' end
+    -- the block starts at the price before the window when the key still holds it (scoring)
+    local from = math.max(first - 1, first_held)
     local sp = st.span
-    if sp == nil or first < sp.first then
+    if sp == nil or from < sp.first then
       close_span(st)
-      sp = {id = #blocks + 1, first = first, last = j}
+      sp = {id = #blocks + 1, first = from, last = j}
       blocks[sp.id] = '' -- filled by close_span
       st.span = sp
     elseif j > sp.last then
@@ -291,7 +296,8 @@ for i = 1, #BLOB / 40 do
 end
 
 -- After a commit (WindowStore.trim): keep W entries and, of the key's current lineage, those at or
--- above the committed offset with the W-1 before them (a redelivery's window). Returns '1' while
+-- above the committed offset with the W before them (a redelivery's window and the price before
+-- it, which live scoring needs; W entries are also what the next append reads). Returns '1' while
 -- the key holds uncommitted entries, '0' once it holds none or the lineage is not the partition's
 -- current one (a recreated topic: nothing of it can be redelivered).
 local function shrink(st)
@@ -307,7 +313,7 @@ local function shrink(st)
       local mid = math.floor((lo + hi) / 2)
       if off_at(st, mid) >= c then hi = mid else lo = mid + 1 end
     end
-    keep = math.max(keep, st.count - math.max(oldest(st), lo - W + 1))
+    keep = math.max(keep, st.count - math.max(oldest(st), lo - W))
     pending = '1'
   end
   local newcap = math.min(MAXCAP, keep + SLACK)

@@ -7,6 +7,7 @@ Most timelines use W=5 so the windows fit on a line; prices are 100 + offset and
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import uuid
 from pathlib import Path
@@ -416,6 +417,8 @@ class Mirror:
         self.w, self.cap = size, size + history
         self.entries: dict[str, list[Tick]] = {}
         self.lstart: dict[str, int] = {}
+        #: the price before the last window `apply` returned (None: the store no longer holds it)
+        self.before: float | None = None
 
     def apply(self, t: Tick) -> tuple[str, list[float] | None]:
         e = self.entries.setdefault(t.symbol, [])
@@ -427,6 +430,7 @@ class Mirror:
                 self.lstart[t.symbol] = n
             e.append(t)
             if n + 1 >= self.w:
+                self.before = e[n - self.w].price if n >= self.w else None
                 return "new", [x.price for x in e[-self.w :]]
             return "warming", None
         oldest = max(0, n - self.cap)
@@ -439,6 +443,7 @@ class Mirror:
                 return "replayed", None
             if j - self.w + 1 < oldest:
                 return "too_old", None
+            self.before = e[j - self.w].price if j - self.w >= oldest else None
             return "replayed", [x.price for x in e[j - self.w + 1 : j + 1]]
         if t.ts < e[j].ts:
             return "late", None
@@ -497,9 +502,18 @@ def test_the_script_follows_the_rules_on_random_timelines(
     )
     mirror = Mirror(size, history)
     first_window: dict[tuple[int, int], list[float]] = {}
+    first_before: dict[tuple[int, int], float] = {}
     for batch in batches:
         got = store.append_batch(batch)
-        expected = [(t, *mirror.apply(t)) for t in batch]
+        expected = []
+        befores = []
+        for t in batch:
+            verdict, win = mirror.apply(t)
+            expected.append((t, verdict, win))
+            if win is not None:
+                befores.append(math.nan if mirror.before is None else mirror.before)
+        # the price before each window, where the store still holds it (live scoring's input)
+        assert np.array_equal([w.before for w in got.windows], befores, equal_nan=True)
         assert windows_of(got) == [win for _, _, win in expected if win is not None]
         assert [w.tick for w in got.windows] == [t for t, _, win in expected if win is not None]
         assert got.rejected == [(t, v) for t, v, _ in expected if v in ("late", "duplicate")]
@@ -507,8 +521,11 @@ def test_the_script_follows_the_rules_on_random_timelines(
             key = (w.tick.partition, w.tick.offset)
             if w.replayed:  # a redelivered tick gets exactly its first window back
                 assert w.prices.tolist() == first_window[key]
+                # and its `before`, unless the history ran out (then not at all, never another)
+                assert w.before == first_before[key] or math.isnan(w.before)
             else:
                 first_window[key] = w.prices.tolist()
+                first_before[key] = w.before
         verdicts = [v for _, v, _ in expected]
         assert got.counts["replayed"] == verdicts.count("replayed")
         assert got.counts["too_old"] == verdicts.count("too_old")
@@ -588,3 +605,59 @@ def test_a_key_of_layout_1_is_read_and_rewritten_as_layout_2(
     assert b.windows[0].replayed and not b.windows[1].replayed
     raw = raw_state(redis_client, store)
     assert raw is not None and np.frombuffer(raw[:8], "<f8")[0] == 2
+
+
+# ------------------------------------------------------------ the price before each window
+
+
+def befores_of(batch: WindowBatch) -> list[float]:
+    return [w.before for w in batch.windows]
+
+
+def test_each_window_carries_the_price_before_it(store: WindowStore) -> None:
+    """Live scoring's input: the window before W_t is [before] + W_t[:-1]; the symbol's first
+    window has none."""
+    got = store.append_batch(run(range(7)))
+    assert np.array_equal(befores_of(got), [math.nan, 100.0, 101.0], equal_nan=True)
+    # across batches: the stored tail reaches one price further back than the window
+    got = store.append_batch([tick(7)])
+    assert befores_of(got) == [102.0]
+    got = store.append_batch(run(range(8, 10)))
+    assert befores_of(got) == [103.0, 104.0]
+
+
+def test_the_price_before_survives_trim_and_comes_back_on_redelivery(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    store = WindowStore(redis_client, key_prefix, size=5, history=64, source_topic="ticks")
+    first = store.append_batch(run(range(100)))
+    store.trim({0: 100})  # all committed: the key shrinks to W entries
+    raw = raw_state(redis_client, store)
+    assert raw is not None and len(raw) <= 64 + 32 * (5 + 64)
+    assert befores_of(store.append_batch([tick(100)])) == [195.0]  # p(100 - W)
+
+    store.append_batch(run(range(101, 140)))
+    store.trim({0: 130})  # 130..139 may be redelivered: each keeps its window and the price before
+    raw = raw_state(redis_client, store)
+    assert raw is not None and len(raw) <= 64 + 32 * (10 + 5 + 64)
+    again = store.append_batch(run(range(130, 140)))
+    assert all(w.replayed for w in again.windows)
+    assert befores_of(again) == [100.0 + o - 5 for o in range(130, 140)]
+    # a redelivery in the first batch's span gets its first `before` back too
+    replay = WindowStore(redis_client, f"{key_prefix}:b", size=5, history=64, source_topic="t")
+    replay.append_batch(run(range(100)))
+    assert np.array_equal(
+        befores_of(replay.append_batch(run(range(40, 100)))),
+        befores_of(first)[36:],
+        equal_nan=True,
+    )
+
+
+def test_past_the_history_the_oldest_window_loses_its_before_never_gets_another(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    store = WindowStore(redis_client, key_prefix, size=5, history=2, source_topic="ticks")
+    store.append_batch(run(range(20)))
+    # the ring holds 7 entries (13..19): 17's window is 13..17, the price before it is gone
+    b = store.append_batch([tick(17), tick(18), tick(19)])
+    assert np.array_equal(befores_of(b), [math.nan, 113.0, 114.0], equal_nan=True)
