@@ -302,7 +302,7 @@ def test_pod_runs_as_the_images_non_root_user_on_a_read_only_root() -> None:
 
 def test_every_environment_name_is_a_setting_and_secrets_come_from_the_secret() -> None:
     pod = _one("Deployment")["spec"]["template"]["spec"]
-    # service links would add TICKCAST_SERVICE_HOST & co., which tickcast rejects
+    # service links would add <NAME>_SERVICE_HOST & co.: TICKCAST_* names that tickcast rejects
     assert pod["enableServiceLinks"] is False
     config_map = _config_map_data()
     secret_names = {f"TICKCAST_{s.upper()}__{k.upper()}" for s, k in SECRET_KEYS}
