@@ -34,7 +34,8 @@ status: ## show the local services, their pids, RSS and log folder
 # (started here).
 test: $(STAMP) ## install, start local Kafka + Redis unless configured, lint, type-check, run the whole suite
 	@if [ -z "$$TICKCAST_KAFKA__BOOTSTRAP_SERVERS" ] || [ -z "$$TICKCAST_REDIS__URL" ]; then $(BIN)/tickcast services up; fi
-	@# promtool and Prometheus (alert rule tests, the scrape test), from Debian's package if missing
+	@# promtool and Prometheus (alert rule tests, the scrape test) and amtool (the compose stack's
+	@# Alertmanager config), from Debian's packages if missing
 	@$(BIN)/tickcast services tools >/dev/null
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

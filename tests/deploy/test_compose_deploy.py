@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from stream import config
+
 ROOT = Path(__file__).resolve().parents[2]
 ALERTMANAGER_YML = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 PLACEHOLDER_URL = "http://alert-webhook.invalid/tickcast"
@@ -226,3 +228,14 @@ def test_the_webhook_url_comes_from_the_environment(tmp_path: Path, url: str) ->
 def test_the_default_webhook_url_is_the_placeholder() -> None:
     env = _compose()["services"]["alertmanager"]["environment"]
     assert env["ALERTMANAGER_WEBHOOK_URL"] == "${ALERTMANAGER_WEBHOOK_URL:-" + PLACEHOLDER_URL + "}"
+
+
+def test_compose_matches_the_settings_on_shutdown_and_partitions() -> None:
+    """The stop grace period outlasts the shutdown bound (else Docker's SIGKILL cuts a commit), and
+    the broker creates topics with the partition count the settings (and the k8s ScaledObject's
+    maxReplicaCount) assume."""
+    settings = config.load(ROOT / "config.toml", environ={})
+    services = _compose()["services"]
+    grace = services["tickcast"]["stop_grace_period"]
+    assert re.fullmatch(r"\d+s", grace) and int(grace[:-1]) > settings.processing.shutdown_timeout_s
+    assert services["kafka"]["environment"]["KAFKA_NUM_PARTITIONS"] == settings.topics.partitions

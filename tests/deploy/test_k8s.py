@@ -128,22 +128,31 @@ def test_manifests_match_the_kubernetes_schemas(version: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "value"),
+    ("path", "value", "reason"),
     [
         # a misspelt field is not silently dropped
-        (("spec", "template", "spec", "terminationGracePeriodSecond"), 30),
+        (
+            ("spec", "template", "spec", "terminationGracePeriodSecond"),
+            30,
+            "'terminationGracePeriodSecond' was unexpected",
+        ),
         # a wrong type
-        (("spec", "template", "spec", "terminationGracePeriodSeconds"), "30s"),
+        (
+            ("spec", "template", "spec", "terminationGracePeriodSeconds"),
+            "30s",
+            "'30s' is not of type 'integer'",
+        ),
     ],
 )
-def test_kubernetes_schema_check_has_teeth(path: tuple[str, ...], value: Any) -> None:
+def test_kubernetes_schema_check_has_teeth(path: tuple[str, ...], value: Any, reason: str) -> None:
     doc = copy.deepcopy(_one("Deployment"))
     node = doc
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = value
-    with pytest.raises(kubernetes_validate.ValidationError):
+    with pytest.raises(kubernetes_validate.ValidationError) as err:
         kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[-1], strict=True)
+    assert reason in err.value.message
 
 
 def _strict(schema: Any) -> Any:
