@@ -178,6 +178,8 @@ def _alertmanager_start_script(tmp_path: Path) -> tuple[str, Path]:
     service = _compose()["services"]["alertmanager"]
     assert service["entrypoint"] == ["/bin/sh", "-ec"]
     [script] = service["command"]
+    # a single $ would be interpolated by compose from the host's environment, not the container's
+    assert "$" not in script.replace("$$", "")
     lines = _unescape(script).strip().splitlines()
     assert lines[-1].startswith(
         "exec /bin/alertmanager --config.file=/alertmanager/alertmanager.yml"
