@@ -1,0 +1,99 @@
+"""`tickcast serve`: the HTTP API, on uvicorn with uvloop and httptools.
+
+Each server process loads the model once (stream/predictor.py, verified against its manifest)
+and warms it up before it accepts a request. With `serve.workers` above 1, uvicorn's supervisor
+starts that many processes on one socket; each builds its application through `app_factory`
+from the same settings file and environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+
+import uvicorn
+from fastapi import FastAPI
+
+from stream import config
+from stream.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Where a worker process finds the --config path of the command that started it. Not TICKCAST_*:
+#: that namespace holds settings only (an unknown TICKCAST_ name is a configuration error).
+CONFIG_ENV = "_TICKCAST_SERVE_CONFIG"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="bind address (default: serve.host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: serve.port, 8000)")
+    parser.add_argument("--workers", type=int, help="server processes (default: serve.workers)")
+    parser.epilog = (
+        "Settings come from --config (default ./config.toml) and TICKCAST_<SECTION>__<KEY>;"
+        " the API uses [model], [redis], [cache], [window], [topics] (the ticks topic names the"
+        " source of a latest forecast) and [serve]. OpenAPI docs at /docs."
+    )
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """Load and warm the model, connect to Redis (lazily: /readyz reports it), build the app."""
+    import numpy as np
+    import redis
+
+    from stream.predictor import load_predictor
+    from stream.serve.app import create_app
+
+    predictor = load_predictor(settings.model, settings.window.size)
+    # The first call of an ONNX session allocates its buffers: pay it before the first request.
+    predictor.predict_batch(np.full((1, settings.window.size), 1.0))
+    client = redis.Redis.from_url(
+        settings.redis.url,
+        password=settings.redis.password.get_secret_value() or None,
+        socket_timeout=settings.redis.socket_timeout_s,
+        socket_connect_timeout=settings.redis.socket_timeout_s,
+        decode_responses=False,
+    )
+    app = create_app(settings, predictor, client)
+    # What start-up built lives as long as the process: keep it out of the collector's walks
+    # (as `tickcast run` does), so a full collection does not stall a request.
+    gc.collect()
+    gc.freeze()
+    return app
+
+
+def app_factory() -> FastAPI:
+    """A worker process's application (uvicorn --factory), from the command's settings."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return build_app(config.load(os.environ.get(CONFIG_ENV) or None))
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    host = args.host or settings.serve.host
+    port = settings.serve.port if args.port is None else args.port
+    workers = settings.serve.workers if args.workers is None else args.workers
+    workers = workers or os.cpu_count() or 1
+    common = {
+        "host": host,
+        "port": port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,  # thousands of lines a second; /metrics counts the requests
+        "log_level": "warning",
+        "timeout_graceful_shutdown": 10,
+    }
+    log.info("tickcast serve http://%s:%d workers=%d docs=/docs", host, port, workers)
+    if workers == 1:
+        uvicorn.run(build_app(settings), **common)  # type: ignore[arg-type]
+    else:
+        if args.config:
+            os.environ[CONFIG_ENV] = str(args.config)
+        uvicorn.run(
+            "stream.serve.command:app_factory",
+            factory=True,
+            workers=workers,
+            **common,  # type: ignore[arg-type]
+        )
+    return 0

@@ -1,0 +1,300 @@
+"""Windows in, forecasts out, for the HTTP API: the stream's digest, cache and model, batched.
+
+Requests arrive one by one on the event loop; each becomes a `Job` (one or more windows) on a
+queue. One worker thread takes every job queued at that moment and runs them as one batch, the
+way the stream's model thread runs a Kafka batch:
+
+    digests (stream.cache.digests) -> cache.get_many (one MGET) -> predictor.predict_batch (one
+    call, the distinct misses) -> cache.put_many (one script call) -> forecasts, per job
+
+No timer waits for a batch to fill: an idle service answers a lone request at once, and under
+load the requests that arrived during one batch form the next. Batching changes no bit of any
+answer: the predictor's output for a window does not depend on its batch (stream/predictor.py),
+and an output is cached before any answer built from it leaves, as in the stream.
+
+Redis and the model are called only from the worker thread (its own Redis connection through
+stream.redisio; the ONNX session is never shared), so the event loop never blocks on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from stream.cache import ForecastCache
+from stream.cache import digests as window_digests
+from stream.contracts import Source
+from stream.errors import ModelError, TickcastError
+from stream.predictor import Predictor
+from stream.serve.metrics import ServeMetrics
+
+log = logging.getLogger(__name__)
+
+F64Array = npt.NDArray[np.float64]
+
+#: A batch takes whole jobs until it holds this many windows (a job of more runs alone).
+MAX_BATCH_ROWS = 4096
+
+
+class ApiForecast(msgspec.Struct, frozen=True, gc=False):
+    """A forecast as the API returns it: the stream's Forecast field for field, in its order.
+
+    `symbol`, `ts` and `source` are those of the request (null when it gave none): a window sent
+    over HTTP has no tick that completed it. For the latest published forecast of a symbol they
+    are the stream's.
+    """
+
+    symbol: str | None
+    ts: int | None
+    horizon: int
+    price: float
+    lower: float
+    upper: float
+    interval: float
+    last_price: float
+    model_version: str
+    window_hash: str
+    cached: bool
+    source: Source | None
+    produced_at: int
+
+
+class WindowMeta(msgspec.Struct, frozen=True, gc=False):
+    """What a request says about a window besides its prices."""
+
+    symbol: str | None = None
+    ts: int | None = None
+    source: Source | None = None
+
+
+class NotFinite(TickcastError):
+    """The model's output for a window is not finite: no forecast (the stream drops it too)."""
+
+    def __init__(self, window_hash: str) -> None:
+        super().__init__(f"model output not finite for window_hash={window_hash}")
+        self.window_hash = window_hash
+
+
+def quantile_columns(quantiles: Sequence[float]) -> tuple[int, int, int]:
+    """(lower, median, upper) output columns, as the stream's pipeline picks them."""
+    qs = list(quantiles)
+    medians = [i for i, q in enumerate(qs) if abs(q - 0.5) < 1e-9]
+    if not medians:
+        raise ModelError(f"model quantiles {qs} must include 0.5")
+    return 0, medians[0], len(qs) - 1
+
+
+def forecast_values(
+    last: float, row: F64Array, columns: tuple[int, int, int]
+) -> tuple[float, float, float] | None:
+    """(price, lower, upper) from a window's last price and the model's log-return quantiles;
+    None when any is not finite. The same arithmetic, in the same order, as the stream's
+    Pipeline.finish, so the same outputs give the same bits."""
+    lo_i, mid_i, hi_i = columns
+    try:
+        price = last * math.exp(float(row[mid_i]))
+        lower = last * math.exp(float(row[lo_i]))
+        upper = last * math.exp(float(row[hi_i]))
+    except OverflowError:  # a finite but absurd log return
+        return None
+    if math.isfinite(price) and math.isfinite(lower) and math.isfinite(upper):
+        return price, lower, upper
+    return None
+
+
+@dataclass(slots=True)
+class Job:
+    """Windows of one request, and where to hand the answer back (the event loop's future)."""
+
+    windows: F64Array  # (n, W) float64, C-contiguous
+    metas: list[WindowMeta]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[ApiForecast | NotFinite]]
+    results: list[ApiForecast | NotFinite] = field(default_factory=list)
+
+
+class Forecaster:
+    def __init__(
+        self,
+        predictor: Predictor,
+        cache: ForecastCache,
+        metrics: ServeMetrics,
+    ) -> None:
+        self.predictor = predictor
+        self.cache = cache
+        self.metrics = metrics
+        self.window = predictor.window
+        self._columns = quantile_columns(predictor.quantiles)
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="tickcast-serve-model", daemon=True)
+        self._started = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._started:
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ------------------------------------------------------------ the event loop's side
+
+    async def forecast(
+        self, windows: F64Array, metas: list[WindowMeta]
+    ) -> list[ApiForecast | NotFinite]:
+        """Forecasts for `windows` (n, W), in order; a NotFinite in place of a window whose model
+        output is not finite. Raises StoreUnavailable (Redis) or ModelError."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[ApiForecast | NotFinite]] = loop.create_future()
+        self._queue.put(Job(windows, metas, loop, future))
+        return await future
+
+    # ------------------------------------------------------------ the worker thread
+
+    def _work(self) -> None:
+        get = self._queue.get
+        while True:
+            job = get()
+            if job is None:
+                return
+            jobs = [job]
+            rows = len(job.windows)
+            stop = False
+            while rows < MAX_BATCH_ROWS:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                jobs.append(more)
+                rows += len(more.windows)
+            try:
+                self.run_batch(jobs)
+            except Exception as exc:  # every waiting request gets the error, the worker goes on
+                if not isinstance(exc, TickcastError):
+                    log.exception("forecast batch failed")
+                for j in jobs:
+                    j.loop.call_soon_threadsafe(_fail, j.future, exc)
+            else:
+                for j in jobs:
+                    j.loop.call_soon_threadsafe(_resolve, j.future, j.results)
+            if stop:
+                return
+
+    def run_batch(self, jobs: Sequence[Job]) -> None:
+        """One cache lookup, one model call and one cache fill for all windows of `jobs`; fills
+        each job's `results`. Called on the worker thread (and directly by tests)."""
+        predictor = self.predictor
+        version = predictor.version
+        horizon = predictor.horizon
+        matrix = jobs[0].windows if len(jobs) == 1 else np.concatenate([j.windows for j in jobs])
+        rows = list(matrix)
+        hashes = window_digests(rows, horizon)
+        distinct = list(dict.fromkeys(hashes))
+        n_q = len(predictor.quantiles)
+
+        outputs: dict[str, F64Array] = {}
+        from_cache: set[str] = set()
+        for d, hit in zip(distinct, self.cache.get_many(distinct, version), strict=True):
+            if hit is not None and hit.shape == (n_q,):
+                outputs[d] = hit
+                from_cache.add(d)
+        self.metrics.cache_requests.labels(result="hit").inc(len(from_cache))
+        self.metrics.cache_requests.labels(result="miss").inc(len(distinct) - len(from_cache))
+
+        misses = [d for d in distinct if d not in outputs]
+        if misses:
+            first_row = dict(zip(hashes, rows, strict=True))  # equal digests: equal windows
+            t0 = time.perf_counter()
+            result = predictor.predict_batch(np.stack([first_row[d] for d in misses]))
+            self.metrics.inference_seconds.observe(time.perf_counter() - t0)
+            self.metrics.inference_batch_size.observe(len(misses))
+            if result.shape != (len(misses), n_q):
+                raise ModelError(
+                    f"model returned shape {result.shape} for {len(misses)} windows,"
+                    f" expected ({len(misses)}, {n_q})"
+                )
+            # (numpy's stubs type .all(axis=...) as "bool or array"; with an axis it is an array.)
+            finite = cast("npt.NDArray[np.bool_]", np.isfinite(result).all(axis=1))
+            fills = []
+            for d, row, ok in zip(misses, result, finite, strict=True):
+                if ok:
+                    fills.append((d, row))
+                    outputs[d] = row
+            # Cached before any answer leaves: a later request for the window gets these bits.
+            self.cache.put_many(fills, version)
+
+        interval = float(predictor.interval)
+        produced_at = int(time.time() * 1000)
+        columns = self._columns
+        i = 0
+        counted = {True: 0, False: 0}
+        for job in jobs:
+            results: list[ApiForecast | NotFinite] = []
+            for meta in job.metas:
+                d = hashes[i]
+                last = float(rows[i][-1])
+                i += 1
+                row = outputs.get(d)
+                values = None if row is None else forecast_values(last, row, columns)
+                if values is None:
+                    self.metrics.not_finite.inc()
+                    log.warning("model output not finite window_hash=%s", d)
+                    results.append(NotFinite(d))
+                    continue
+                cached = d in from_cache
+                counted[cached] += 1
+                results.append(
+                    ApiForecast(
+                        symbol=meta.symbol,
+                        ts=meta.ts,
+                        horizon=horizon,
+                        price=values[0],
+                        lower=values[1],
+                        upper=values[2],
+                        interval=interval,
+                        last_price=last,
+                        model_version=version,
+                        window_hash=d,
+                        cached=cached,
+                        source=meta.source,
+                        produced_at=produced_at,
+                    )
+                )
+            job.results = results
+        for cached, n in counted.items():
+            if n:
+                self.metrics.forecasts.labels(cached=str(cached).lower()).inc(n)
+
+
+def _resolve(
+    future: asyncio.Future[list[ApiForecast | NotFinite]], results: list[ApiForecast | NotFinite]
+) -> None:
+    if not future.done():  # the client may have gone (cancelled)
+        future.set_result(results)
+
+
+def _fail(future: asyncio.Future[list[ApiForecast | NotFinite]], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
