@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "publish a CSV of prices (default: the gold series) as ticks",
     ),
     "tail": ("stream.commands.tail", "print forecasts as they arrive"),
+    "serve": (
+        "stream.serve.command",
+        "the HTTP API: forecasts on request, on the stream's model and cache",
+    ),
     "demo": (
         "tools.demo",
         "local Kafka + Redis, the gold series through the live consumer",
