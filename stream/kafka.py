@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -33,7 +34,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from stream.config import Settings
 from stream.contracts import Record
-from stream.errors import KafkaFailure, UnreachableError
+from stream.errors import ConfigError, KafkaFailure, UnreachableError
 from stream.logs import RepeatFilter
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,9 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
             "partition.assignment.strategy": "range",
         }
     )
+    # [kafka.client] has the last word over the tuning above (what the delivery guarantee rests
+    # on cannot be passed through: stream/config.py refuses it).
+    conf.update(settings.kafka.client_properties())
     return conf
 
 
@@ -163,6 +167,7 @@ def producer_config(settings: Settings, transactional_id: str | None = None) -> 
             "batch.num.messages": 10_000,
         }
     )
+    conf.update(settings.kafka.client_properties())
     if transactional_id is not None:
         conf["transactional.id"] = transactional_id
         # An instance killed mid-transaction holds back read_committed readers until this expires
@@ -638,22 +643,98 @@ def read_ranges(
         reader.close()
 
 
+class _Lines(logging.Handler):
+    """Keeps a client's log lines (librdkafka tells why a connection closed in its log, not
+    always through error_cb) and passes them on at debug level (-v)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        self.lines.append(line)
+        log.debug("startup check: %s", line)
+
+
 def check_reachable(settings: Settings, timeout: float = 10.0) -> None:
-    """Fail at start, naming the address, when no broker answers."""
+    """Fail at start with one line when no broker answers: the address, and the reason when it is
+    the client's settings (properties librdkafka refuses: ConfigError naming the key; a failed
+    TLS handshake or SASL authentication, or TLS spoken to a plaintext port or the reverse:
+    UnreachableError naming the keys to check)."""
+    errors: list[KafkaError] = []
+    # Its connection errors become the one line below; they are not logged twice.
+    lines = _Lines()
+    startup_log = logging.Logger("librdkafka.startup", logging.DEBUG)  # not in the tree
+    startup_log.addHandler(lines)
     conf: dict[str, Any] = {
         **settings.kafka.librdkafka_common(),
         "socket.timeout.ms": 3000,
-        "logger": LIBRDKAFKA_LOG,
+        "logger": startup_log,
         "client.id": "tickcast-admin",
+        "error_cb": errors.append,
     }
-    admin = AdminClient(conf)
     try:
-        admin.list_topics(timeout=timeout)
+        admin = AdminClient(conf)
     except KafkaException as exc:
-        raise UnreachableError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers} "
-            f"(kafka.bootstrap_servers): {exc.args[0].str() if exc.args else exc}"
-        ) from None
+        raise refused_settings(settings, exc) from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            detail = exc.args[0].str() if exc.args else str(exc)
+        admin.poll(0)  # serves error_cb: why the connection failed
+        why = _security_failure(settings, [e.str() for e in errors] + lines.lines)
+        if why or time.monotonic() >= deadline:
+            break
+    raise UnreachableError(
+        f"cannot reach Kafka at {settings.kafka.bootstrap_servers} (kafka.bootstrap_servers): "
+        f"{why or detail}"
+    )
+
+
+def refused_settings(settings: Settings, exc: KafkaException) -> ConfigError:
+    """librdkafka refused a client property (unknown, or a bad value): the key it came from."""
+    detail = exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else str(exc)
+    found = re.search(r'property:? "([^"]+)"', detail)
+    prop = found.group(1) if found else ""
+    # An alias (linger.ms) is reported under its canonical name (queue.buffering.max.ms).
+    known = prop in settings.kafka.librdkafka_common()
+    key = settings.kafka.key_of(prop) if known else "kafka.client"
+    return ConfigError(f"config error: {key}: librdkafka refused it: {detail}")
+
+
+def _security_failure(settings: Settings, reports: list[str]) -> str | None:
+    """The reason, with the keys to check, when a connection failed on TLS or SASL (from the
+    client's errors and log lines); None for anything else (a broker that does not answer is
+    retried until the timeout)."""
+    key = settings.kafka.key_of
+    for report in reports:
+        # a log line: "FAIL [client] [thrd:...]: what happened"
+        text = re.sub(r"^\w+ \[[^\]]*\] \[[^\]]*\]: ", "", report)
+        if "Authentication failed" in text or "SASL authentication error" in text:
+            return (
+                f"SASL authentication failed; check {key('sasl.mechanism')},"
+                f" {key('sasl.username')} and {key('sasl.password')}: {text}"
+            )
+        if "wrong version number" in text or (
+            # a TLS listener closes a connection whose first bytes are not a TLS handshake
+            "APIVERSION_QUERY" in text
+            and "Disconnected" in text
+            and not settings.kafka.security_protocol.endswith("SSL")
+        ):
+            return (
+                f"the broker does not speak {settings.kafka.security_protocol} on this port;"
+                f" check {key('security.protocol')}: {text}"
+            )
+        if "SSL handshake failed" in text or "certificate verify failed" in text:
+            return (
+                f"TLS handshake failed; check {key('ssl.ca.location')} (the CA that signed the"
+                f" broker's certificate) and {key('ssl.endpoint.identification.algorithm')}: {text}"
+            )
+    return None
 
 
 #: librdkafka's default `message.max.bytes`: the producer refuses larger messages itself
@@ -762,7 +843,12 @@ def topic_partitions(settings: Settings, topic: str, wait_s: float = 10.0) -> li
     """The partitions of `topic`, asked of the broker within `wait_s`: UnreachableError naming
     the address when no broker answers, KafkaFailure when the topic does not exist."""
     address = settings.kafka.bootstrap_servers
-    admin = AdminClient(_routed({**settings.kafka.librdkafka_common(), "socket.timeout.ms": 3000}))
+    try:
+        admin = AdminClient(
+            _routed({**settings.kafka.librdkafka_common(), "socket.timeout.ms": 3000})
+        )
+    except KafkaException as exc:
+        raise refused_settings(settings, exc) from None
     try:
         # All topics, not list_topics(topic=...): asking for one by name can auto-create it.
         metadata = admin.list_topics(timeout=wait_s)
