@@ -42,7 +42,7 @@ import dataclasses
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +197,11 @@ class _Invalid(Exception):
         self.detail = detail
 
 
+class Undecodable(_Invalid):
+    """A value a registry format cannot decode (stream/formats.py); `reason` is the dead
+    letter's error header."""
+
+
 def _quote(value: object) -> str:
     """A short repr of untrusted input for a detail line (never more than ~_QUOTE_BYTES)."""
     if isinstance(value, str | bytes) and len(value) > _QUOTE_BYTES:
@@ -300,8 +305,12 @@ def decode_batch(
     *,
     max_ts: int | None = None,
     dead_letter_max_bytes: int | None = None,
+    parse: Callable[[bytes], Any] | None = None,
 ) -> tuple[list[Tick], list[Rejected]]:
     """Decode and validate a batch in one pass; never raises for any message content.
+
+    `parse`: a registry format's decoder (stream/formats.py), whose fields get the same checks
+    as a JSON tick's; None: JSON.
 
     `max_ts`: the latest acceptable event time (the clock plus window.max_future_ms); a later
     tick is `future`. None: no bound. `dead_letter_max_bytes`: rejected values longer than this
@@ -320,6 +329,12 @@ def decode_batch(
                 raise _Invalid("empty", "no value (tombstone)")
             if len(value) > max_message_bytes:
                 raise _Invalid("oversize", f"{len(value)} bytes > {max_message_bytes}")
+            if parse is not None:
+                symbol, price, ts = _fields(parse(value), max_ts)
+                if key is not None and key != symbol.encode():
+                    raise _Invalid("key_mismatch", f"key {_quote(key)} != symbol {symbol!r}")
+                ticks.append(Tick(symbol, float(price), ts, record.partition, record.offset))
+                continue
             # The common case, a well-formed tick of exactly the three fields: typed by msgspec
             # (which checks the UTF-8 of the one string), then a few range tests. Anything else
             # goes through _slow_fields, which names the reason
@@ -451,6 +466,61 @@ def decode_forecast(data: bytes) -> Forecast:
         return _decode_forecast(data)
     except msgspec.DecodeError as exc:
         raise ValueError(f"not a forecast: {exc}") from None
+
+
+class Score(msgspec.Struct, frozen=True, gc=False):
+    """A forecast judged by its outcome (stream/scoring.py), field for field its wire form.
+
+    `symbol`, `ts` (event time of the outcome tick), `source` (where that tick was read): the
+    tick that scored it. `window_hash`, `price`, `lower`, `upper`, `interval`, `last_price` and
+    `model_version` are the scored forecast's own fields (made from the window before). `actual`
+    is the outcome price; the errors are in price units: `abs_error` |actual - price|,
+    `squared_error`, `persistence_abs_error` |actual - last_price| (the naive forecast's error on
+    the same step), `pinball_loss` the mean over the model's quantiles, `hit` whether `actual`
+    lies in [lower, upper].
+    """
+
+    symbol: str
+    ts: int
+    horizon: int
+    model_version: str
+    window_hash: str
+    price: float
+    lower: float
+    upper: float
+    interval: float
+    last_price: float
+    actual: float
+    abs_error: float
+    squared_error: float
+    persistence_abs_error: float
+    pinball_loss: float
+    hit: bool
+    source: Source
+
+
+_encode_score = msgspec.json.Encoder().encode
+_decode_score = msgspec.json.Decoder(Score).decode
+
+
+def encode_score(s: Score) -> bytes:
+    """The wire form of a score; equal scores encode identically (fixed field order)."""
+    return _encode_score(s)
+
+
+def decode_score(data: bytes) -> Score:
+    """Parse a score message (tests, readers); raises ValueError if malformed."""
+    try:
+        return _decode_score(data)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not a score: {exc}") from None
+
+
+def score_headers(s: Score) -> list[tuple[str, bytes]]:
+    return [
+        ("model-version", s.model_version.encode()),
+        ("source-offset", str(s.source.offset).encode()),
+    ]
 
 
 def forecast_headers(f: Forecast) -> list[tuple[str, bytes]]:

@@ -1,10 +1,11 @@
 """Ticks in, forecasts out: the pure core of tickcast, given its three collaborators.
 
     prepare:  messages -> decode_batch -> store.append_batch (one Redis call) -> digests
-              -> cache.get_many (one call, replayed windows only)
+              -> cache.get_many (one call: replayed windows, and the windows before the batch's
+                 windows that the batch itself does not compute, for live scoring)
     compute:  predictor.predict_batch (one call, distinct misses)
     fill:     cache.put_many (one call)
-    finish:   forecasts, in input order
+    finish:   forecasts and scores (stream/scoring.py), in input order
 
 `process` runs the four in order. The runner may run compute and fill on a second thread while
 it prepares the next batch (the model call releases the GIL), so the two share no state but the
@@ -22,14 +23,24 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from stream.cache import digests as window_digests
-from stream.contracts import Forecast, Record, Rejected, Source, Tick, Window, decode_batch
+from stream.contracts import (
+    Forecast,
+    Record,
+    Rejected,
+    Score,
+    Source,
+    Tick,
+    Window,
+    decode_batch,
+)
 from stream.errors import ModelError
+from stream.scoring import previous_window, score
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +103,19 @@ class BatchResult:
     non_finite: int = 0
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     inference_batch_size: int = 0
+    #: the forecasts made from the windows before this batch's windows, judged by their outcome
+    scores: list[Score] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Handoff:
+    """A batch's outputs as the next batch sees them: `known` (every digest it will have an
+    output for once computed, fixed at prepare) and `outputs`, to be read only once `computed`.
+    Holds no reference to the batch, so a chain of batches never computed stays collectable."""
+
+    known: frozenset[str] = frozenset()
+    outputs: dict[str, F64Array] = field(default_factory=dict)
+    computed: bool = False
 
 
 @dataclass(slots=True)
@@ -115,6 +139,17 @@ class Prepared:
     misses: list[str] = field(default_factory=list)
     fills: list[tuple[str, F64Array]] = field(default_factory=list)
     filled: bool = False
+    #: per window, the digest of the window before it (None: not scored)
+    previous: list[str | None] = field(default_factory=list)
+    #: windows to look up or compute that are not the batch's own (windows before, for
+    #: scoring), by digest
+    extra: dict[str, F64Array] = field(default_factory=dict)
+    #: windows before that the batch prepared just before this one computes: taken from its
+    #: outputs by `compute` (it may still be in the model while this batch is prepared)
+    deferred: dict[str, F64Array] = field(default_factory=dict)
+    #: what the next batch may take from this one, and what this one takes from the one before
+    handoff: Handoff = field(default_factory=lambda: Handoff())
+    prior: Handoff | None = None
 
 
 class Pipeline:
@@ -129,6 +164,7 @@ class Pipeline:
         *,
         max_future_ms: int | None = None,
         dead_letter_max_bytes: int | None = None,
+        scoring: bool = True,
     ) -> None:
         if late_policy not in ("dead_letter", "drop"):
             raise ValueError(f"late_policy must be 'dead_letter' or 'drop', got {late_policy!r}")
@@ -142,6 +178,13 @@ class Pipeline:
         self.max_future_ms = max_future_ms
         #: dead letters are cut to this many bytes, so the broker takes them (None: kept whole)
         self.dead_letter_max_bytes = dead_letter_max_bytes
+        #: score each window's tick against the forecast of the window before (live scoring)
+        self.scoring = scoring
+        #: the batch prepared last: the next one takes the outputs of the windows before its
+        #: windows from it, not from Redis (it may not have filled the cache yet)
+        self._last: Prepared | None = None
+        #: a registry format's tick decoder (stream/formats.py); None: JSON
+        self.parse_tick: Callable[[bytes], Any] | None = None
 
     def _quantile_indices(self) -> tuple[int, int, int]:
         """(lower, median, upper) columns of the model's outputs; read per batch (hot reload)."""
@@ -174,6 +217,7 @@ class Pipeline:
             max_message_bytes,
             max_ts=max_ts,
             dead_letter_max_bytes=self.dead_letter_max_bytes,
+            parse=self.parse_tick,
         )
         stages["decode"] = clock() - t0
 
@@ -224,6 +268,36 @@ class Pipeline:
         # before it is published, so a later replay of any window finds it.
         replayed = {d for d, w in zip(digests, windows, strict=True) if w.replayed}
         lookups = [d for d in distinct if d in replayed]
+        prior, self._last = self._last, prepared
+        if self.scoring and horizon == 1:
+            # The window before each window: its forecast is what this window's tick scores.
+            # Its output is this batch's own when the batch holds it, or the batch's before
+            # (in memory, see `compute`), else the cache's (looked up in the same round trip),
+            # else computed in the batch's model call.
+            befores = [previous_window(w) for w in windows]
+            scored = [p for p in befores if p is not None]
+            before_digests = iter(window_digests(scored, horizon))
+            own = set(distinct)
+            prior_has: frozenset[str] = frozenset()
+            if prior is not None and prior.predictor.version == predictor.version:
+                prepared.prior = prior.handoff
+                prior_has = prior.handoff.known
+            for prev in befores:
+                if prev is None:
+                    prepared.previous.append(None)
+                    continue
+                d = next(before_digests)
+                prepared.previous.append(d)
+                if d in own or d in prepared.extra or d in prepared.deferred:
+                    continue
+                if d in prior_has:
+                    prepared.deferred[d] = prev
+                else:
+                    prepared.extra[d] = prev
+            lookups += prepared.extra
+            prepared.handoff = Handoff(
+                frozenset({*distinct, *prepared.extra, *prepared.deferred}), prepared.outputs
+            )
         cached = self.cache.get_many(lookups, predictor.version) if lookups else []
         stages["cache"] = clock() - t0
         if len(cached) != len(lookups):
@@ -235,18 +309,39 @@ class Pipeline:
                 prepared.from_cache.add(d)
         prepared.lookups = len(lookups)
         prepared.misses = [d for d in distinct if d not in prepared.outputs]
+        prepared.misses += [d for d in prepared.extra if d not in prepared.outputs]
         return prepared
 
     def compute(self, prepared: Prepared) -> None:
         """One model call for the distinct windows the cache did not have. Touches no Redis and
-        no state of the loop: safe on another thread while the loop prepares the next batch."""
+        no state of the loop: safe on another thread while the loop prepares the next batch.
+
+        The outputs of the windows before (scoring) that the batch prepared before this one
+        computed are taken from it: it computes before this one (the runner awaits it first);
+        one it did not compute (dropped, or not finite) is computed here."""
+        prior, prepared.prior = prepared.prior, None
+        done = prepared.handoff
+        for d, prev in prepared.deferred.items():
+            row = None
+            if prior is not None and prior.computed:
+                row = prior.outputs.get(d)
+            if row is not None:
+                prepared.outputs[d] = row
+            elif d not in prepared.outputs:
+                prepared.extra[d] = prev
+                prepared.misses.append(d)
+        prepared.deferred = {}
         misses = prepared.misses
         if not misses:
+            done.computed = True
             return
         first_window: dict[str, Window] = {}
         for d, w in zip(prepared.digests, prepared.windows, strict=True):
             first_window.setdefault(d, w)
-        matrix = np.stack([first_window[d].prices for d in misses]).astype(np.float64)
+        extra = prepared.extra
+        matrix = np.stack(
+            [extra[d] if d in extra else first_window[d].prices for d in misses]
+        ).astype(np.float64)
         n_q = len(prepared.predictor.quantiles)
         t0 = time.perf_counter()
         result = prepared.predictor.predict_batch(matrix)
@@ -263,6 +358,7 @@ class Pipeline:
             if ok:
                 prepared.fills.append((d, row))
                 prepared.outputs[d] = row
+        done.computed = True
 
     def fill(self, prepared: Prepared) -> None:
         """Cache what `compute` produced (one Redis call), before anything is published: a
@@ -332,9 +428,45 @@ class Pipeline:
             forecasts,
             prepared.dead_letters,
             prepared.counts,
+            scores=self._scores(prepared),
             cache_hits=len(from_cache),
             cache_misses=prepared.lookups - len(from_cache),
             non_finite=non_finite,
             stage_seconds=prepared.stages,
             inference_batch_size=len(prepared.misses),
         )
+
+    def _scores(self, prepared: Prepared) -> list[Score]:
+        """Each window's tick scores the forecast made from the window before it: the outcome
+        is the tick's price, the forecast the model's output for [before] + prices[:-1]."""
+        if not prepared.previous:
+            return []
+        predictor = prepared.predictor
+        quantiles = list(predictor.quantiles)
+        horizon = predictor.horizon
+        interval = float(predictor.interval)
+        version = predictor.version
+        outputs = prepared.outputs
+        scores = []
+        for d, w in zip(prepared.previous, prepared.windows, strict=True):
+            row = None if d is None else outputs.get(d)
+            if d is None or row is None:
+                continue
+            tick = w.tick
+            s = score(
+                row=row,
+                quantiles=quantiles,
+                columns=prepared.quantile_columns,
+                last_price=float(w.prices[-2]),
+                actual=tick.price,
+                symbol=tick.symbol,
+                ts=tick.ts,
+                horizon=horizon,
+                interval=interval,
+                model_version=version,
+                window_hash=d,
+                source=Source(self.source_topic, tick.partition, tick.offset),
+            )
+            if s is not None:
+                scores.append(s)
+        return scores

@@ -25,12 +25,16 @@ Partition = tuple[str, int]
 
 
 class FakeStore:
-    """Windows of W prices per symbol; a redelivered offset gets its first window back."""
+    """Windows of W prices per symbol; a redelivered offset gets its first window back.
 
-    def __init__(self) -> None:
+    With `before`, each window carries the price before it, as the real store's do (scoring)."""
+
+    def __init__(self, before: bool = False) -> None:
         self.prices: dict[str, list[float]] = {}
         self.last: dict[str, tuple[int, int]] = {}  # symbol -> (offset, ts)
         self.seen: dict[tuple[int, int], np.ndarray | None] = {}
+        self.befores: dict[tuple[int, int], float] = {}
+        self.with_before = before
         self.calls = 0
 
     def append_batch(self, ticks: Sequence[Tick]) -> WindowBatch:
@@ -44,7 +48,7 @@ class FakeStore:
                 counts["replayed"] += 1
                 prior = self.seen[pos]
                 if prior is not None:
-                    windows.append(Window(t, prior, replayed=True))
+                    windows.append(Window(t, prior, True, self.befores[pos]))
                 continue
             last = self.last.get(t.symbol)
             if last is not None and t.ts <= last[1]:
@@ -61,7 +65,9 @@ class FakeStore:
             if window is None:
                 counts["warming"] += 1
             else:
-                windows.append(Window(t, window, replayed=False))
+                before = series[-W - 1] if self.with_before and len(series) > W else float("nan")
+                self.befores[pos] = before
+                windows.append(Window(t, window, False, before))
         return WindowBatch(windows, rejected, counts)
 
 

@@ -1,0 +1,101 @@
+"""Live scoring: every forecast judged when its outcome arrives (horizon 1: the symbol's next tick).
+
+The forecast that the tick at t scores is the model's output for the window before, W_{t-1}, and
+W_{t-1} = [before] + W_t[:-1], where `before` is the price the window store returns with W_t
+(stream/windows.py). A window's output is the same bits whatever batch computes it (fixed
+inference shapes, tests/model/test_batch_invariance.py) and the result cache holds it under the
+window's digest, so a score is a pure function of what the store and the cache already hold: no
+scoring state of its own, nothing to keep consistent with the windows, and the very same score on
+every redelivery, after a restart, under either delivery guarantee. The pipeline looks W_{t-1}'s
+output up among its own batch's outputs, then in the cache in the round trip the batch's replay
+lookups make anyway, and computes the rare miss (a symbol quieter than the cache TTL) in the
+batch's model call.
+
+Errors are in price units, from the very numbers the published forecast carries (`last x
+exp(log-return quantile)`, computed as the pipeline computes them): absolute and squared error of
+the median, persistence's absolute error on the same step (MASE's scale, live), the pinball loss
+averaged over the model's quantiles, and whether the outcome fell inside the interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from stream.contracts import Score, Source, Window
+
+F64Array = npt.NDArray[np.float64]
+
+
+def previous_window(window: Window) -> F64Array | None:
+    """W_{t-1} = [before] + W_t[:-1], or None when the store no longer holds `before`."""
+    before = window.before
+    if not math.isfinite(before):
+        return None
+    prices = window.prices
+    prev = np.empty(prices.shape[0], dtype=np.float64)
+    prev[0] = before
+    prev[1:] = prices[:-1]
+    return prev
+
+
+def pinball_loss(
+    actual: float, quantile_prices: Sequence[float], quantiles: Sequence[float]
+) -> float:
+    """Mean over the quantiles of max(q (y - y_q), (q - 1) (y - y_q))."""
+    total = 0.0
+    for q, yq in zip(quantiles, quantile_prices, strict=True):
+        diff = actual - yq
+        total += max(q * diff, (q - 1.0) * diff)
+    return total / len(quantiles)
+
+
+def score(
+    *,
+    row: F64Array,
+    quantiles: Sequence[float],
+    columns: tuple[int, int, int],
+    last_price: float,
+    actual: float,
+    symbol: str,
+    ts: int,
+    horizon: int,
+    interval: float,
+    model_version: str,
+    window_hash: str,
+    source: Source,
+) -> Score | None:
+    """The score of the forecast `row` (log-return quantiles, `columns` = lower, median, upper)
+    made from a window ending at `last_price`, against the outcome `actual`; None when the
+    forecast was not finite (it was never published either)."""
+    try:
+        prices = [last_price * math.exp(float(r)) for r in row]
+    except OverflowError:
+        return None
+    if not all(math.isfinite(p) for p in prices):
+        return None
+    lo_i, mid_i, hi_i = columns
+    price, lower, upper = prices[mid_i], prices[lo_i], prices[hi_i]
+    error = actual - price
+    return Score(
+        symbol=symbol,
+        ts=ts,
+        horizon=horizon,
+        model_version=model_version,
+        window_hash=window_hash,
+        price=price,
+        lower=lower,
+        upper=upper,
+        interval=interval,
+        last_price=last_price,
+        actual=actual,
+        abs_error=abs(error),
+        squared_error=error * error,
+        persistence_abs_error=abs(actual - last_price),
+        pinball_loss=pinball_loss(actual, prices, quantiles),
+        hit=lower <= actual <= upper,
+        source=source,
+    )
