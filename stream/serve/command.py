@@ -12,6 +12,7 @@ import argparse
 import gc
 import logging
 import os
+import signal
 
 import uvicorn
 from fastapi import FastAPI
@@ -85,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": 10,
     }
     log.info("tickcast serve http://%s:%d workers=%d docs=/docs", host, port, workers)
+    # uvicorn handles SIGTERM (stops accepting, finishes the requests in hand, runs the lifespan's
+    # shutdown), then re-raises it under the handler that was there before: this one, so a clean
+    # stop exits 0, as `tickcast run` does.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     if workers == 1:
         uvicorn.run(build_app(settings), **common)  # type: ignore[arg-type]
     else:
