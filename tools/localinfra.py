@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -492,6 +493,244 @@ def start_redis(layout: Layout, ports: Ports, ready_timeout: float = 15.0) -> No
     raise LocalInfraError(f"redis-server did not answer on 127.0.0.1:{ports.redis}; see {log}")
 
 
+# ---------------------------------------------------------------- Schema Registry (Apicurio)
+#
+# Apicurio Registry (Apache-2.0) with its Confluent-compatible API: confluent-kafka's
+# SchemaRegistryClient and its Avro serializers talk to `<base>/apis/ccompat/v7`. Its built Quarkus
+# application is on Maven Central (io.apicurio:apicurio-registry-app:<v>:tar.gz:all);
+# tools/registry/pom.xml unpacks it into `<state>/registry/app` once. Storage is H2 in memory:
+# each start begins empty. It needs Java 21 or newer (Java 21 bytecode), looked for beside the
+# Java 17 that runs Kafka.
+
+APICURIO_VERSION = "3.3.3"  # keep in step with apicurio.version in tools/registry/pom.xml
+REGISTRY_POM = Path(__file__).resolve().parent / "registry" / "pom.xml"
+CCOMPAT_PATH = "/apis/ccompat/v7"
+REGISTRY_MIN_JAVA = 21
+
+
+def _java_major(java: str) -> int | None:
+    try:
+        res = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in res.stderr.splitlines():
+        if " version " in line and '"' in line:
+            ver = line.split('"')[1]
+            head = ver.split(".")[1] if ver.startswith("1.") else ver.split(".")[0]
+            head = head.split("-")[0].split("+")[0]
+            return int(head) if head.isdigit() else None
+    return None
+
+
+def find_java(minimum: int = REGISTRY_MIN_JAVA) -> str:
+    """A `java` of version `minimum` or newer: TICKCAST_REGISTRY_JAVA, $JAVA_HOME, PATH, then the
+    JDKs under /usr/lib/jvm (newest first)."""
+    candidates: list[str] = []
+    if os.environ.get("TICKCAST_REGISTRY_JAVA"):
+        candidates.append(os.environ["TICKCAST_REGISTRY_JAVA"])
+    if os.environ.get("JAVA_HOME"):
+        candidates.append(str(Path(os.environ["JAVA_HOME"]) / "bin" / "java"))
+    on_path = shutil.which("java")
+    if on_path:
+        candidates.append(on_path)
+    candidates += sorted((str(p) for p in Path("/usr/lib/jvm").glob("*/bin/java")), reverse=True)
+    seen: list[str] = []
+    for java in dict.fromkeys(candidates):
+        major = _java_major(java)
+        if major is not None and major >= minimum:
+            return java
+        seen.append(f"{java} ({major or 'unusable'})")
+    raise LocalInfraError(
+        f"the Schema Registry (Apicurio Registry {APICURIO_VERSION}) needs Java {minimum} or newer; "
+        f"found only: {', '.join(seen) or 'no java'}. Point TICKCAST_REGISTRY_JAVA at a java "
+        f"binary of version {minimum}+"
+    )
+
+
+def _registry_dir(layout: Layout) -> Path:
+    return layout.root / "registry"
+
+
+def ensure_registry_app(layout: Layout) -> float:
+    """Unpack the Apicurio Registry application once; returns seconds spent (0 when cached)."""
+    app = _registry_dir(layout) / "app"
+    marker = app / f".apicurio-{APICURIO_VERSION}"
+    if marker.exists() and (app / "quarkus-run.jar").exists():
+        return 0.0
+    if shutil.which("mvn") is None:
+        raise LocalInfraError(
+            "Maven (mvn) is not installed: it fetches the Apicurio Registry application "
+            "(Debian: apt-get install maven)"
+        )
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    log = layout.logs / "registry-maven.log"
+    _say(f"fetching Apicurio Registry {APICURIO_VERSION} with Maven (log: {log})")
+    started = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.run(
+            [
+                "mvn",
+                "-B",
+                "-q",
+                "-f",
+                str(REGISTRY_POM),
+                "package",
+                f"-Dregistry.app={app}",
+                f"-Dregistry.build={_registry_dir(layout) / 'target'}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if proc.returncode != 0 or not (app / "quarkus-run.jar").exists():
+        tail = " | ".join(log.read_text().strip().splitlines()[-3:])[-400:]
+        raise LocalInfraError(
+            f"Maven could not fetch io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all "
+            f"(exit {proc.returncode}; full log {log}): {tail}"
+        )
+    elapsed = time.monotonic() - started
+    marker.write_text(f"{elapsed:.1f} s\n")
+    _say(f"Apicurio Registry ready to run in {elapsed:.1f} s")
+    return elapsed
+
+
+def _registry_answers(url: str, timeout: float = 2.0) -> bool:
+    """GET <url>/subjects answers 200: storage and the Confluent-compatible API are up."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        conn.request("GET", f"{parts.path}/subjects")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def registry_url(layout: Layout | None = None) -> str | None:
+    """The Confluent-compatible URL of the registry `start_registry` started, if it answers."""
+    layout = layout or Layout.from_env()
+    if _read_pid(layout.pidfile("registry")) is None:
+        return None
+    try:
+        port = int((layout.run / "registry.port").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    url = f"http://127.0.0.1:{port}{CCOMPAT_PATH}"
+    return url if _registry_answers(url) else None
+
+
+def start_registry(
+    layout: Layout | None = None, port: int | None = None, ready_timeout: float = 120.0
+) -> str:
+    """Start Apicurio Registry on loopback (idempotent) and return its Confluent-compatible URL,
+    `http://127.0.0.1:<port>/apis/ccompat/v7`, for SchemaRegistryClient({"url": ...}).
+
+    The port: `port`, else TICKCAST_LOCAL_REGISTRY_PORT, else a free one. Logs go to
+    `<state>/logs/registry.log`; `stop_registry` (or `tickcast services down`) stops it."""
+    layout = layout or Layout.from_env()
+    running_url = registry_url(layout)
+    if running_url is not None:
+        _say(f"registry already running at {running_url}")
+        return running_url
+    if port is None:
+        configured = os.environ.get("TICKCAST_LOCAL_REGISTRY_PORT")
+        port = int(configured) if configured else free_port()
+    if port_open(port):
+        raise LocalInfraError(
+            f"port {port} on 127.0.0.1 is already in use by another program, so the local Schema "
+            f"Registry cannot start there; free it or pick another with TICKCAST_LOCAL_REGISTRY_PORT"
+        )
+    java = find_java()
+    ensure_registry_app(layout)
+    workdir = _registry_dir(layout)
+    for d in (workdir, layout.logs, layout.run):
+        d.mkdir(parents=True, exist_ok=True)
+    management = free_port()
+    while management == port:
+        management = free_port()
+    log = layout.logs / "registry.log"
+    url = f"http://127.0.0.1:{port}{CCOMPAT_PATH}"
+    started = time.monotonic()
+    with log.open("a") as out:
+        proc = subprocess.Popen(
+            [
+                java,
+                "-Xms64m",
+                "-Xmx384m",
+                "-XX:+UseSerialGC",
+                "-Djava.awt.headless=true",
+                "-Dquarkus.http.host=127.0.0.1",
+                f"-Dquarkus.http.port={port}",
+                # Health and metrics listen on a port of their own (quarkus.management.enabled is
+                # fixed at build time): loopback, any free port.
+                "-Dquarkus.management.host=127.0.0.1",
+                f"-Dquarkus.management.port={management}",
+                "-jar",
+                str(workdir / "app" / "quarkus-run.jar"),
+            ],
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    layout.pidfile("registry").write_text(str(proc.pid))
+    (layout.run / "registry.port").write_text(str(port))
+    deadline = started + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            layout.pidfile("registry").unlink(missing_ok=True)
+            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])[-400:]
+            raise LocalInfraError(
+                f"the Schema Registry exited with code {proc.returncode}: {tail} (log {log})"
+            )
+        if port_open(port) and _registry_answers(url):
+            rss = _rss_mb(proc.pid) or 0.0
+            _say(
+                f"registry ready at {url} in {time.monotonic() - started:.1f} s "
+                f"(pid {proc.pid}, RSS {rss:.0f} MB, log {log})"
+            )
+            return url
+        time.sleep(0.25)
+    raise LocalInfraError(
+        f"the Schema Registry did not answer at {url} within {ready_timeout:.0f} s; see {log}"
+    )
+
+
+def stop_registry(layout: Layout | None = None) -> None:
+    layout = layout or Layout.from_env()
+    pid = _read_pid(layout.pidfile("registry"))
+    _stop(layout, "registry")
+    (layout.run / "registry.port").unlink(missing_ok=True)
+    if pid is not None:
+        # Reap it when this process started it (a test's fixture); elsewhere it is no child.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def _registry_command(action: str) -> int:
+    layout = Layout.from_env()
+    if action == "up":
+        print(start_registry(layout))
+        return 0
+    if action == "down":
+        stop_registry(layout)
+        return 0
+    url = registry_url(layout)
+    pid = _read_pid(layout.pidfile("registry"))
+    if url is None or pid is None:
+        print("registry stopped")
+        return 1
+    print(f"registry running   {url}  pid {pid}  RSS {_rss_mb(pid) or 0:.0f} MB")
+    return 0
+
+
 # ---------------------------------------------------------------- up / down / status
 
 
@@ -527,6 +766,8 @@ def down(layout: Layout | None = None) -> None:
     layout = layout or Layout.from_env()
     _stop(layout, "kafka")
     _stop(layout, "redis")
+    if _read_pid(layout.pidfile("registry")) is not None:
+        stop_registry(layout)
 
 
 def running(layout: Layout | None = None) -> dict[str, int]:
@@ -555,12 +796,22 @@ def status(layout: Layout | None = None, ports: Ports | None = None) -> bool:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "action",
-        choices=["up", "down", "status", "tools"],
-        help="tools: install what the tests need beyond Python (promtool, Prometheus, amtool)",
+        choices=["up", "down", "status", "tools", "registry"],
+        help="tools: install what the tests need beyond Python (promtool, Prometheus, amtool); "
+        "registry up|down|status: the local Schema Registry (Apicurio, Confluent-compatible)",
+    )
+    parser.add_argument(
+        "registry_action",
+        nargs="?",
+        choices=["up", "down", "status"],
+        default="status",
+        help="with `registry`: start it (prints its URL), stop it, or show it",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "registry":
+        return _registry_command(args.registry_action)
     if args.action == "up":
         up()
         print(f"logs: {Layout.from_env().logs}")
