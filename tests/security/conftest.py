@@ -320,7 +320,7 @@ def secure_redis(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "--tls-auth-clients", "no",
         # No anonymous access; the service's user may touch its own keys only.
         "--user", "default", "off",
-        "--user", "tickcast", "on", f">{password}", f"~{prefix}:*", "&*", "+@all",
+        "--user", "tickcast", "on", f">{password}", f"~{prefix}:*", "&*", "+@all", "-@admin",
     ]  # fmt: skip
     log = folder / "redis.log"
     with log.open("w") as out:
