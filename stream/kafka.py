@@ -57,6 +57,19 @@ _UNDELIVERABLE = {
 
 #: librdkafka's own log lines and error callbacks, through Python logging, repeats summed up
 LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
+
+def _not_a_role_notice(record: logging.LogRecord) -> bool:
+    """`[kafka.client]` goes to every client, so a consumer property reaching a producer (and
+    the reverse) is by design, not news worth a warning per client."""
+    message = record.getMessage()
+    return not (
+        "CONFWARN" in message
+        and ("will be ignored by this producer" in message or "ignored by this consumer" in message)
+    )
+
+
+LIBRDKAFKA_LOG.addFilter(_not_a_role_notice)
 LIBRDKAFKA_LOG.addFilter(RepeatFilter(every_s=60.0))
 
 
