@@ -36,7 +36,12 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    SummaryMetricFamily,
+)
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -45,7 +50,7 @@ from stream import version
 
 if TYPE_CHECKING:
     from stream.checkpoint import Batch
-    from stream.contracts import Record
+    from stream.contracts import Record, Score
     from stream.pipeline import BatchResult
 
 PREFIX = "tickcast"
@@ -102,6 +107,102 @@ class BulkHistogram(Collector):
             [], [(e, float(c)) for e, c in zip(edges, cumulative, strict=True)], total
         )
         yield family
+
+
+#: the `symbol` label of the scores of every symbol not named in scoring.symbols (no symbol
+#: can be called this: `_` is not in a symbol's alphabet)
+OTHER_SYMBOLS = "_other"
+
+
+class ScoreMetrics(Collector):
+    """Live scores (stream/scoring.py) per (model_version, symbol), summed per batch.
+
+    `symbol` is the symbol's own name only for the symbols of `scoring.symbols`, `_other` for
+    the rest: the cardinality is bounded by the config, never by the feed. Sums and counts, so
+    the rolling figures are PromQL ratios over any window (deploy/grafana, deploy/prometheus):
+
+        MAE       rate(tickcast_score_abs_error_sum) / rate(tickcast_score_abs_error_count)
+        RMSE      sqrt(rate(tickcast_score_squared_error_sum) / rate(..._count))
+        MASE      rate(tickcast_score_abs_error_sum)
+                    / rate(tickcast_score_persistence_abs_error_sum)  (relative to persistence)
+        coverage  rate(tickcast_score_interval_hits_total) / rate(tickcast_scored_total),
+                  against tickcast_score_interval{model_version}, the nominal level
+    """
+
+    _SUMS = (
+        ("abs_error", "Absolute error of the median forecast, in price units"),
+        ("squared_error", "Squared error of the median forecast"),
+        (
+            "persistence_abs_error",
+            "Absolute error of persistence (the last price) on the same step",
+        ),
+        ("pinball_loss", "Pinball loss, the mean over the model's quantiles, in price units"),
+    )
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.symbols: frozenset[str] = frozenset()
+        #: (model_version, symbol label) -> count, hits, then the sums in _SUMS' order
+        self._totals: dict[tuple[str, str], list[float]] = {}
+        self._interval: dict[str, float] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def record(self, scores: Sequence[Score]) -> None:
+        named = self.symbols
+        batch: dict[tuple[str, str], list[float]] = {}
+        interval: dict[str, float] = {}
+        for s in scores:
+            key = (s.model_version, s.symbol if s.symbol in named else OTHER_SYMBOLS)
+            row = batch.get(key)
+            if row is None:
+                row = batch[key] = [0.0] * 6
+                interval[s.model_version] = s.interval
+            row[0] += 1
+            row[1] += s.hit
+            row[2] += s.abs_error
+            row[3] += s.squared_error
+            row[4] += s.persistence_abs_error
+            row[5] += s.pinball_loss
+        with self._lock:
+            self._interval.update(interval)
+            for key, row in batch.items():
+                total = self._totals.setdefault(key, [0.0] * 6)
+                for i, v in enumerate(row):
+                    total[i] += v
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | SummaryMetricFamily]:
+        labels = ["model_version", "symbol"]
+        with self._lock:
+            totals = {k: list(v) for k, v in self._totals.items()}
+            interval = dict(self._interval)
+        scored = CounterMetricFamily(
+            f"{PREFIX}_scored", "Forecasts scored by their outcome", labels=labels
+        )
+        hits = CounterMetricFamily(
+            f"{PREFIX}_score_interval_hits",
+            "Scored forecasts whose outcome fell inside the interval",
+            labels=labels,
+        )
+        sums = [
+            SummaryMetricFamily(f"{PREFIX}_score_{name}", doc, labels=labels)
+            for name, doc in self._SUMS
+        ]
+        for (model, symbol), row in sorted(totals.items()):
+            scored.add_metric([model, symbol], row[0])
+            hits.add_metric([model, symbol], row[1])
+            for family, value in zip(sums, row[2:], strict=True):
+                family.add_metric([model, symbol], int(row[0]), value)
+        level = GaugeMetricFamily(
+            f"{PREFIX}_score_interval",
+            "The nominal level of the scored model's interval (e.g. 0.8)",
+            labels=["model_version"],
+        )
+        for model, value in sorted(interval.items()):
+            level.add_metric([model], value)
+        yield scored
+        yield hits
+        yield from sums
+        yield level
 
 
 class Metrics:
@@ -184,6 +285,8 @@ class Metrics:
         self.kafka_queued_messages = gauge(
             "kafka_queued_messages", "Messages in the client's queues", ("client",)
         )
+        #: live scores; `scores.symbols` names the symbols with a series of their own
+        self.scores = ScoreMetrics(registry)
 
         # Pre-create the label sets operators alert on, so a quiet series reads 0, not absent.
         for outcome in (
@@ -268,6 +371,8 @@ class Metrics:
             self.dead_letters.labels(reason=r.reason).inc()
         if result.non_finite:
             self.forecasts_dropped.labels(reason="non_finite").inc(result.non_finite)
+        if result.scores:
+            self.scores.record(result.scores)
         if result.inference_batch_size:
             served_by = model_version or (
                 result.forecasts[0].model_version if result.forecasts else self.model_version

@@ -60,6 +60,8 @@ def exported_metrics() -> set[str]:
             names.add(f"{family.name}_total")
         if family.type == "histogram":
             names.update(f"{family.name}_{s}" for s in ("bucket", "sum", "count"))
+        if family.type == "summary":
+            names.update(f"{family.name}_{s}" for s in ("sum", "count"))
     return names
 
 

@@ -315,3 +315,42 @@ def test_scoring_off_adds_nothing() -> None:
     results = [p.process(feed(5), MAX), p.process(feed(3, 5), MAX)]
     assert all(r.scores == [] for r in results)
     assert sum(len(m) for m in parts.model.batches) == 6
+
+
+# ------------------------------------------------------------ metrics
+
+
+def test_score_metrics_sum_per_model_and_named_symbol_and_bound_the_rest() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from stream.metrics import OTHER_SYMBOLS, Metrics
+
+    metrics = Metrics(CollectorRegistry())
+    metrics.scores.symbols = frozenset({"A"})
+    a1 = score_of([0.99, 1.0, 1.02], 100.0, 101.0)  # error 1, persistence 1, hit
+    a2 = score_of([0.99, 1.0, 1.02], 100.0, 96.0)  # error 4, persistence 4, miss
+    others = [
+        Score(**{**{f: getattr(a2, f) for f in Score.__struct_fields__}, "symbol": sym})
+        for sym in ("B", "C", "D")
+    ]
+    metrics.scores.record([a1, a2])
+    metrics.scores.record(others)
+    value = metrics.registry.get_sample_value
+
+    def at(name: str, symbol: str) -> float | None:
+        return value(name, {"model_version": "m1", "symbol": symbol})
+
+    assert at("tickcast_scored_total", "A") == 2
+    assert at("tickcast_score_interval_hits_total", "A") == 1
+    assert at("tickcast_score_abs_error_sum", "A") == pytest.approx(5.0)
+    assert at("tickcast_score_abs_error_count", "A") == 2
+    assert at("tickcast_score_squared_error_sum", "A") == pytest.approx(17.0)
+    assert at("tickcast_score_persistence_abs_error_sum", "A") == pytest.approx(5.0)
+    assert at("tickcast_score_pinball_loss_sum", "A") == pytest.approx(
+        a1.pinball_loss + a2.pinball_loss
+    )
+    # B, C, D are not named: one series for all of them
+    assert at("tickcast_scored_total", OTHER_SYMBOLS) == 3
+    assert at("tickcast_score_abs_error_sum", OTHER_SYMBOLS) == pytest.approx(12.0)
+    assert at("tickcast_scored_total", "B") is None
+    assert value("tickcast_score_interval", {"model_version": "m1"}) == 0.8
