@@ -10,7 +10,7 @@ COPY models ./models
 COPY bench ./bench
 COPY tools ./tools
 COPY config.toml ./
-RUN pip install -c constraints.txt . && useradd --system --uid 10001 tickcast
+RUN pip install -c constraints.txt '.[registry]' && useradd --system --uid 10001 tickcast
 USER tickcast
 
 # Metrics must listen beyond loopback inside a container; compose maps the port.

@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tickcast needs Python >= 3.11")'
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[train,test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[train,test,registry]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP) ## create .venv and install tickcast with its [train,test] extras
@@ -78,7 +78,7 @@ evaluate: $(STAMP) ## the served artifact against persistence, empirical, EWMA a
 lock: ## refresh constraints.txt from the newest versions pyproject.toml allows (then run make test)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install -q --upgrade pip
-	.lock-venv/bin/pip install -q -e '.[train,test]'
+	.lock-venv/bin/pip install -q -e '.[train,test,registry]'
 	head -3 constraints.txt > constraints.new
 	.lock-venv/bin/pip freeze --exclude-editable >> constraints.new
 	mv constraints.new constraints.txt && rm -rf .lock-venv

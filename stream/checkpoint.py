@@ -35,7 +35,13 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from stream.contracts import Record, dead_letter_headers, encode_forecast, forecast_headers
+from stream.contracts import (
+    Forecast,
+    Record,
+    dead_letter_headers,
+    encode_forecast,
+    forecast_headers,
+)
 from stream.errors import KafkaFailure
 from stream.kafka import DeliveryLatch, Offsets, Partition
 from stream.pipeline import BatchResult
@@ -95,6 +101,8 @@ class Checkpoint(ABC):
         self.observe: Callable[[str, float], None] = lambda stage, seconds: None
         #: monotonic time by which a requested stop must be over (inf: no stop requested)
         self.stop_deadline = math.inf
+        #: a forecast's wire form: JSON, or a registry format's (stream/formats.py)
+        self.encode_forecast: Callable[[Forecast], bytes] = encode_forecast
 
     # ------------------------------------------------------------ the batch's life
 
@@ -172,10 +180,11 @@ class Checkpoint(ABC):
         latch = batch.latch
         sink = self.sink
         topic = self.topics.forecasts
+        encode = self.encode_forecast
         latch.sent(len(output.forecasts) + len(output.dead_letters))
         for f in output.forecasts:
             sink.produce(
-                topic, f.symbol.encode(), encode_forecast(f), forecast_headers(f), latch.on_delivery
+                topic, f.symbol.encode(), encode(f), forecast_headers(f), latch.on_delivery
             )
         for r in output.dead_letters:
             try:

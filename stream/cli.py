@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "publish a CSV of prices (default: the gold series) as ticks",
     ),
     "tail": ("stream.commands.tail", "print forecasts as they arrive"),
+    "schemas": (
+        "stream.commands.schemas",
+        "register the tick and forecast schemas with the Schema Registry (format.kind)",
+    ),
     "serve": (
         "stream.serve.command",
         "the HTTP API: forecasts on request, on the stream's model and cache",

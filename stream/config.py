@@ -51,6 +51,7 @@ SECRET_KEYS = {
     ("kafka", "sasl_oauthbearer_client_secret"),
     ("kafka", "ssl_key_password"),
     ("redis", "password"),
+    ("format", "registry_user_info"),
 }
 
 #: Words that make a librdkafka property of `[kafka.client]` a secret (sasl.password,
@@ -483,6 +484,29 @@ class ServeSettings(_Section):
     workers: int = Field(default=1, ge=0, le=64)
 
 
+class FormatSettings(_Section):
+    """Ticks and forecasts on the wire (DESIGN.md: Formats): JSON, or a Schema Registry format."""
+
+    kind: Literal["json", "avro", "protobuf", "json-schema"] = "json"
+    #: any Confluent-compatible registry; `mock://<name>` is confluent-kafka's in-process one
+    registry_url: str = ""
+    #: "user:password" for the registry's basic auth (a secret: from the environment only)
+    registry_user_info: SecretStr = SecretStr("")
+    registry_ca_location: str = ""
+    #: register the shipped schemas at start; else `tickcast schemas register` must have
+    auto_register: bool = False
+
+    @model_validator(mode="after")
+    def _registry_named(self, info: ValidationInfo) -> FormatSettings:
+        if (info.context or {}).get("partial"):
+            return self
+        if self.kind != "json" and not self.registry_url:
+            raise ValueError(
+                f"format.kind {self.kind!r} needs format.registry_url (the Schema Registry)"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -501,6 +525,7 @@ class Settings(BaseSettings):
     processing: ProcessingSettings = ProcessingSettings()
     metrics: MetricsSettings = MetricsSettings()
     serve: ServeSettings = ServeSettings()
+    format: FormatSettings = FormatSettings()
 
     @model_validator(mode="after")
     def _history_covers_uncommitted_span(self) -> Settings:

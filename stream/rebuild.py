@@ -76,6 +76,8 @@ class Rebuilder:
         self.read = read
         self.store = store
         self.max_message_bytes = max_message_bytes
+        #: a registry format's tick decoder (stream/formats.py); None: JSON
+        self.parse: Callable[[bytes], Any] | None = None
         self.max_ticks = max_ticks
         self.on_rebuilt = on_rebuilt
         self.on_recreated = on_recreated
@@ -141,7 +143,7 @@ class Rebuilder:
         started = time.monotonic()
         applied = 0
         for records in self.read({(topic, p): span for p, span in todo.items()}):
-            ticks, _ = decode_batch(records, self.max_message_bytes)
+            ticks, _ = decode_batch(records, self.max_message_bytes, parse=self.parse)
             self.store.append_batch(ticks)
             applied += len(ticks)
         log.info(

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 import redis
 from prometheus_client import CollectorRegistry
@@ -39,6 +40,9 @@ from stream.redisio import Commands
 from stream.reload import ModelReloader
 from stream.runner import Runner, RunnerConfig
 from stream.windows import WindowStore
+
+if TYPE_CHECKING:  # the registry serdes are imported only when a registry format is configured
+    from stream.formats import RegistryFormat
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,15 @@ def _safe_url(url: str) -> str:
 def transactional_id(settings: Settings) -> str:
     instance = settings.kafka.instance_id or socket.gethostname()
     return f"{settings.kafka.transactional_id_prefix}-{settings.kafka.group_id}-{instance}"
+
+
+def registry_format(settings: Settings) -> RegistryFormat | None:
+    """The Schema Registry format of ticks and forecasts; None for JSON (the fast path)."""
+    if settings.format.kind == "json":
+        return None
+    from stream.formats import RegistryFormat
+
+    return RegistryFormat(settings.format, settings.topics.ticks, settings.topics.forecasts)
 
 
 def build(settings: Settings, registry: CollectorRegistry | None = None) -> Service:
@@ -201,6 +214,12 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         on_rebuilt=lambda n: metrics.ticks.labels(outcome="rebuilt").inc(n),
         on_recreated=lambda partition: metrics.topic_recreated.inc(),
     )
+
+    wire = registry_format(settings)
+    if wire is not None:
+        wire.check()  # the subjects have their schemas (or get them now, with auto_register)
+        pipeline.parse_tick = rebuilder.parse = wire.tick_fields
+        checkpoint.encode_forecast = wire.encode_forecast
 
     def swap(new: Predictor) -> None:
         # Between batches, on the loop's thread: the next batch is computed by the new model

@@ -7,6 +7,8 @@ import logging
 import random
 import time
 
+import orjson
+
 from stream import config
 from stream.commands import bounded
 
@@ -74,6 +76,9 @@ def publish(settings: config.Settings, topic: str, args: argparse.Namespace) -> 
         series = series.tail(args.last)
     rows = args.rows or len(series)
     total = min(rows, len(series)) * args.symbols
+    from stream.service import registry_format
+
+    wire = registry_format(settings)
     producer = Sink(producer_config(settings))
     latch = DeliveryLatch()
     rng = random.Random(args.seed)
@@ -87,8 +92,12 @@ def publish(settings: config.Settings, topic: str, args: argparse.Namespace) -> 
                 latch.sent()
                 producer.produce(topic, bad.key, bad.value, on_delivery=latch.on_delivery)
                 counts["bad"] += 1
+            value = msg.value
+            if wire is not None:  # the feed's JSON tick in the registry format
+                tick = orjson.loads(value)
+                value = wire.encode_tick(tick["symbol"], tick["price"], tick["ts"])
             latch.sent()
-            producer.produce(topic, msg.key, msg.value, on_delivery=latch.on_delivery)
+            producer.produce(topic, msg.key, value, on_delivery=latch.on_delivery)
             counts["ticks"] += 1
             if counts["ticks"] % 1000 == 0:
                 progress.update(task, completed=counts["ticks"])

@@ -57,10 +57,13 @@ def format_forecast(f: Forecast) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stream.contracts import decode_forecast
+    from stream.contracts import decode_forecast, encode_forecast
     from stream.kafka import TopicTail
+    from stream.service import registry_format
 
     settings = config.load(args.config)
+    wire = registry_format(settings)
+    decode = wire.decode_forecast if wire is not None else decode_forecast
     topic = args.topic or settings.topics.forecasts
     reader = TopicTail(
         settings, topic, from_beginning=args.from_beginning, group=args.group, wait_s=args.wait
@@ -77,11 +80,17 @@ def run(args: argparse.Namespace) -> int:
             last = time.monotonic()
             record = records[0]
             value = record.value or b""
-            if args.json:
+            if args.json and wire is None:
                 line = value.decode(errors="replace")
             else:
                 try:
-                    line = format_forecast(decode_forecast(value))
+                    forecast = decode(value)
+                    # --json with a registry format: the forecast's JSON form
+                    line = (
+                        encode_forecast(forecast).decode()
+                        if args.json
+                        else format_forecast(forecast)
+                    )
                 except ValueError as exc:
                     where = f"{record.topic}[{record.partition}]@{record.offset}"
                     print(f"tickcast tail: skipped {where}: {exc}", file=sys.stderr, flush=True)
