@@ -40,7 +40,9 @@ from stream.contracts import (
     Record,
     dead_letter_headers,
     encode_forecast,
+    encode_score,
     forecast_headers,
+    score_headers,
 )
 from stream.errors import KafkaFailure
 from stream.kafka import DeliveryLatch, Offsets, Partition
@@ -82,6 +84,8 @@ def open_batch(records: Sequence[Record]) -> Batch:
 class Topics:
     forecasts: str
     dead_letter: str
+    #: live scores (topics.scores); empty: not published
+    scores: str = ""
 
 
 class Checkpoint(ABC):
@@ -176,15 +180,24 @@ class Checkpoint(ABC):
     # ------------------------------------------------------------ shared steps
 
     def _produce(self, batch: Batch, output: BatchResult) -> None:
-        """Produce a batch's forecasts and dead letters, each counted on its latch."""
+        """Produce a batch's forecasts, scores and dead letters, each counted on its latch."""
         latch = batch.latch
         sink = self.sink
         topic = self.topics.forecasts
         encode = self.encode_forecast
-        latch.sent(len(output.forecasts) + len(output.dead_letters))
+        scores = output.scores if self.topics.scores else []
+        latch.sent(len(output.forecasts) + len(scores) + len(output.dead_letters))
         for f in output.forecasts:
             sink.produce(
                 topic, f.symbol.encode(), encode(f), forecast_headers(f), latch.on_delivery
+            )
+        for s in scores:
+            sink.produce(
+                self.topics.scores,
+                s.symbol.encode(),
+                encode_score(s),
+                score_headers(s),
+                latch.on_delivery,
             )
         for r in output.dead_letters:
             try:

@@ -345,6 +345,9 @@ class TopicsSettings(_Section):
     ticks: str = "ticks"
     forecasts: str = "forecasts"
     dead_letter: str = "ticks.dlq"
+    #: Live scores (one JSON message per scored forecast, key = symbol, produced with the
+    #: forecasts, so in the same transaction under exactly-once); empty: not published.
+    scores: str = ""
     #: Used when tickcast creates the topics (demo, replay); existing topics are left alone.
     partitions: int = Field(default=6, ge=1, le=1024)
 
@@ -434,6 +437,15 @@ class CacheSettings(_Section):
     ttl_seconds: int = Field(default=120, ge=1)
 
 
+class ScoringSettings(_Section):
+    """Live scoring (stream/scoring.py): each forecast judged when the symbol's next tick comes."""
+
+    enabled: bool = True
+    #: symbols whose scores get a Prometheus series of their own; the rest are summed under
+    #: symbol="_other" (a bounded number of series whatever the feed carries)
+    symbols: list[str] = Field(default_factory=list, max_length=1000)
+
+
 class ModelSettings(_Section):
     #: The artifact folder; empty means the shipped models/artifacts/CURRENT.
     path: str = ""
@@ -521,6 +533,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     window: WindowSettings = WindowSettings()
     cache: CacheSettings = CacheSettings()
+    scoring: ScoringSettings = ScoringSettings()
     model: ModelSettings = ModelSettings()
     processing: ProcessingSettings = ProcessingSettings()
     metrics: MetricsSettings = MetricsSettings()

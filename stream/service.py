@@ -137,7 +137,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     )
 
     ensure_topics(
-        settings, [settings.topics.ticks, settings.topics.forecasts, settings.topics.dead_letter]
+        settings,
+        [settings.topics.ticks, settings.topics.forecasts, settings.topics.dead_letter]
+        + ([settings.topics.scores] if settings.topics.scores else []),
     )
     store = WindowStore(
         client,
@@ -164,7 +166,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         max_future_ms=settings.window.max_future_ms,
         dead_letter_max_bytes=settings.processing.dead_letter_max_bytes
         or dead_letter_limit(settings, settings.topics.dead_letter),
+        scoring=settings.scoring.enabled,
     )
+    metrics.scores.symbols = frozenset(settings.scoring.symbols)
     exactly_once = settings.processing.guarantee == "exactly-once"
     processing = settings.processing
     source = Source(
@@ -178,7 +182,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         }
     )
     end_offsets = EndOffsets({**settings.kafka.librdkafka_common(), **events.config("lag")})
-    topics = Topics(settings.topics.forecasts, settings.topics.dead_letter)
+    topics = Topics(settings.topics.forecasts, settings.topics.dead_letter, settings.topics.scores)
     checkpoint: Checkpoint = (
         Transactional(source, sink, topics)
         if exactly_once
