@@ -732,6 +732,13 @@ def _security_failure(settings: Settings, reports: list[str]) -> str | None:
                 f"SASL authentication failed; check {key('sasl.mechanism')},"
                 f" {key('sasl.username')} and {key('sasl.password')}: {text}"
             )
+        if "OAUTHBEARER" in text or "OIDC" in text or "token endpoint" in text.lower():
+            return (
+                "OAUTHBEARER token not obtained; check"
+                f" {key('sasl.oauthbearer.token.endpoint.url')},"
+                f" {key('sasl.oauthbearer.client.id')} and"
+                f" {key('sasl.oauthbearer.client.secret')}: {text}"
+            )
         if "wrong version number" in text or (
             # a TLS listener closes a connection whose first bytes are not a TLS handshake
             "APIVERSION_QUERY" in text

@@ -6,7 +6,9 @@ use (the "untrusted CA" case). The broker is the one `tickcast services up` runs
 tools/localinfra.py), one KRaft node on free ports with two listeners: SASL_SSL for the clients
 under test (SCRAM-SHA-512 and SCRAM-SHA-256, client certificates required), and PLAINTEXT for the
 controller and inter-broker traffic only. Its SCRAM users are created by the broker's own storage
-tool (`format --add-scram`) before it first starts. Redis is Debian's redis-server with TLS only
+tool (`format --add-scram`) before it first starts. The same listener takes OAUTHBEARER tokens from
+a small OIDC identity provider run by the tests (client credentials at its token endpoint, RS256
+JWTs signed with openssl), which the broker checks against the provider's JWKS. Redis is Debian's redis-server with TLS only
 (`--port 0 --tls-port`), the default user off and an ACL user limited to one key prefix.
 
 The shared broker and Redis are never touched.
@@ -16,16 +18,20 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
+import threading
 import time
+import urllib.parse
 import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -100,6 +106,120 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(ca[0], server[0], server[1], keystore, client[0], client[1], other_ca)
 
 
+# ---------------------------------------------------------------- an OIDC identity provider
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+@dataclass
+class Idp:
+    """Client credentials in, an RS256 JWT out (`POST /token`), as Keycloak or Okta would."""
+
+    port: int
+    client_id: str
+    client_secret: str
+    key: Path
+    #: the public key as a JWKS file, which the broker reads (a file:// URL)
+    jwks: Path
+    server: ThreadingHTTPServer | None = None
+    issued: int = 0
+
+    @property
+    def token_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/token"
+
+    def token(self, subject: str, scope: str) -> str:
+        now = int(time.time())
+        header = _b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "test"}).encode())
+        claims: dict[str, object] = {
+            "sub": subject,
+            "iat": now,
+            "exp": now + 3600,
+            "iss": "tickcast-test-idp",
+        }
+        if scope:
+            claims["scope"] = scope
+        signing_input = f"{header}.{_b64url(json.dumps(claims).encode())}"
+        signed = subprocess.run(
+            ["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+            input=signing_input.encode(),
+            capture_output=True,
+            check=True,
+        )
+        self.issued += 1
+        return f"{signing_input}.{_b64url(signed.stdout)}"
+
+
+def _token_handler(idp: Idp) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+            client_id = form.get("client_id", [""])[0]
+            secret = form.get("client_secret", [""])[0]
+            auth = self.headers.get("Authorization", "")
+            if auth.startswith("Basic "):
+                client_id, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+            grant = form.get("grant_type", [""])[0]
+            if grant != "client_credentials" or (client_id, secret) != (
+                idp.client_id,
+                idp.client_secret,
+            ):
+                self._send(401, {"error": "invalid_client"})
+                return
+            token = idp.token(client_id, form.get("scope", [""])[0])
+            self._send(200, {"access_token": token, "token_type": "bearer", "expires_in": 3600})
+
+        def _send(self, status: int, body: dict[str, object]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture(scope="module")
+def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Idp]:
+    folder = tmp_path_factory.mktemp("idp")
+    key = folder / "signing.key"
+    _openssl("genrsa", "-out", str(key), "2048", cwd=folder)
+    modulus = subprocess.run(
+        ["openssl", "rsa", "-in", str(key), "-noout", "-modulus"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    n = bytes.fromhex(modulus.split("=", 1)[1])
+    jwks = folder / "jwks.json"
+    jwks.write_text(
+        json.dumps(
+            {
+                "keys": [
+                    {"kty": "RSA", "kid": "test", "use": "sig", "alg": "RS256",
+                     "n": _b64url(n), "e": "AQAB"}
+                ]
+            }
+        )
+    )  # fmt: skip
+    provider = Idp(0, "tickcast-oidc", secrets.token_urlsafe(16), key, jwks)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _token_handler(provider))
+    provider.port = server.server_address[1]
+    provider.server = server
+    thread = threading.Thread(target=server.serve_forever, name="test-idp", daemon=True)
+    thread.start()
+    yield provider
+    server.shutdown()
+    server.server_close()
+
+
 # ---------------------------------------------------------------- Kafka, SASL_SSL
 
 
@@ -116,6 +236,7 @@ class SecureKafka:
     internal: str
     password: str
     pki: Pki
+    idp: Idp
     process: subprocess.Popen[bytes] | None = None
 
     def env(self, mechanism: str = "SCRAM-SHA-512", **overrides: str) -> dict[str, str]:
@@ -133,15 +254,32 @@ class SecureKafka:
             **overrides,
         }
 
+    def oidc_env(self, **overrides: str) -> dict[str, str]:
+        """OAUTHBEARER with OIDC client credentials instead of SCRAM."""
+        env = {k: v for k, v in self.env().items() if "__SASL_" not in k}
+        return {
+            **env,
+            "TICKCAST_KAFKA__SASL_MECHANISM": "OAUTHBEARER",
+            "TICKCAST_KAFKA__SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL": self.idp.token_url,
+            "TICKCAST_KAFKA__SASL_OAUTHBEARER_CLIENT_ID": self.idp.client_id,
+            "TICKCAST_KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET": self.idp.client_secret,
+            "TICKCAST_KAFKA__SASL_OAUTHBEARER_SCOPE": "kafka",
+            **overrides,
+        }
+
     @property
     def log(self) -> Path:
         return self.layout.logs / "kafka.log"
 
 
 def _secure_server_properties(
-    data: Path, pki: Pki, sasl_port: int, plain_port: int, controller_port: int
+    data: Path, pki: Pki, idp: Idp, sasl_port: int, plain_port: int, controller_port: int
 ) -> str:
     scram_jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    oauth_jaas = "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;"
+    oauth_validator = (
+        "org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler"
+    )
     return "\n".join(
         [
             "process.roles=broker,controller",
@@ -156,9 +294,15 @@ def _secure_server_properties(
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
             "SASL_SSL:SASL_SSL",
             # SASL_SSL: SCRAM over TLS, and the client's certificate must be signed by the CA
-            "listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256",
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256,"
+            "OAUTHBEARER",
             f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram_jaas}",
             f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram_jaas}",
+            # OAUTHBEARER: JWTs checked against the identity provider's keys (signature, expiry)
+            f"listener.name.sasl_ssl.oauthbearer.sasl.jaas.config={oauth_jaas}",
+            f"listener.name.sasl_ssl.oauthbearer.sasl.server.callback.handler.class={oauth_validator}",
+            f"sasl.oauthbearer.jwks.endpoint.url={idp.jwks.as_uri()}",
+            "sasl.oauthbearer.expected.issuer=tickcast-test-idp",
             "ssl.keystore.type=PEM",
             f"ssl.keystore.location={pki.server_keystore}",
             "ssl.truststore.type=PEM",
@@ -192,7 +336,9 @@ def _answers(bootstrap: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def secure_kafka(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+def secure_kafka(
+    pki: Pki, idp: Idp, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SecureKafka]:
     main = localinfra.Layout(Path(os.environ.get("TICKCAST_LOCAL_DIR", ROOT / ".local")))
     localinfra.ensure_kafka_jars(main)  # cached: returns at once when the marker is there
     root = tmp_path_factory.mktemp("secure-kafka")
@@ -206,7 +352,9 @@ def secure_kafka(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     sasl_port, plain_port, controller_port = ports
     props = root / "kafka" / "server.properties"
     props.write_text(
-        _secure_server_properties(layout.kafka_data, pki, sasl_port, plain_port, controller_port)
+        _secure_server_properties(
+            layout.kafka_data, pki, idp, sasl_port, plain_port, controller_port
+        )
     )
     (root / "kafka" / "log4j2.properties").write_text(localinfra.LOG4J2)
     password = secrets.token_urlsafe(16)
@@ -236,18 +384,25 @@ def secure_kafka(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         f"127.0.0.1:{plain_port}",
         password,
         pki,
+        idp,
     )
     with log.open("a") as out, warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         broker.process = subprocess.Popen(
-            localinfra._java(layout, "kafka.Kafka", str(props)),
+            localinfra._java(
+                layout,
+                # Kafka >= 4.0 reads an OAuth URL only when it is on this list.
+                f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={idp.jwks.as_uri()}",
+                "kafka.Kafka",
+                str(props),
+            ),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
     try:
         deadline = time.monotonic() + 90
-        while not _answers(broker.internal):
+        while not (localinfra.port_open(plain_port) and _answers(broker.internal)):
             code = broker.process.poll()
             assert code is None, f"the secured broker exited with {code}; see {log}"
             assert time.monotonic() < deadline, f"the secured broker did not start; see {log}"

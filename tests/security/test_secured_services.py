@@ -149,6 +149,24 @@ def test_scram_sha_256_and_the_passthrough_table(
     assert code == 0, svc.tail(20)
 
 
+def test_tickcast_run_through_oauthbearer_with_oidc_client_credentials(
+    secure_kafka: SecureKafka, topics: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    """librdkafka fetches the token at the identity provider's endpoint with the client's id and
+    secret; the broker checks the JWT against the provider's keys."""
+    issued = secure_kafka.idp.issued
+    env = {
+        **secure_kafka.oidc_env(),
+        "TICKCAST_REDIS__URL": redis_url,
+        "TICKCAST_REDIS__KEY_PREFIX": f"sec-{topics['ticks']}",
+    }
+    forecasts, svc, code = _run_through(env, secure_kafka.oidc_env(), topics, tmp_path)
+    assert len(forecasts) == SYMBOLS * (ROWS - 59)
+    assert code == 0, svc.tail(20)
+    assert secure_kafka.idp.issued > issued  # the tokens came from the provider
+    assert secure_kafka.idp.client_secret not in svc.log_path.read_text()
+
+
 def test_tickcast_run_with_redis_over_tls_as_an_acl_user(
     secure_redis: SecureRedis,
     secure_kafka: SecureKafka,
@@ -198,6 +216,11 @@ def _only_line(proc: subprocess.CompletedProcess[str]) -> str:
         ),
         ("untrusted-ca", "TLS handshake failed; check kafka.ssl_ca_location"),
         ("plaintext", "the broker does not speak PLAINTEXT on this port; check"),
+        (
+            "oidc-secret",
+            "OAUTHBEARER token not obtained; check kafka.sasl_oauthbearer_token_endpoint_url,"
+            " kafka.sasl_oauthbearer_client_id and kafka.sasl_oauthbearer_client_secret",
+        ),
     ],
 )
 def test_a_wrong_kafka_setting_is_one_line_at_start(
@@ -206,6 +229,11 @@ def test_a_wrong_kafka_setting_is_one_line_at_start(
     env = {**secure_kafka.env(), "TICKCAST_REDIS__URL": redis_url}
     if change == "untrusted-ca":
         env["TICKCAST_KAFKA__SSL_CA_LOCATION"] = str(secure_kafka.pki.other_ca)
+    elif change == "oidc-secret":
+        env = {
+            **secure_kafka.oidc_env(TICKCAST_KAFKA__SASL_OAUTHBEARER_CLIENT_SECRET="wrong"),
+            "TICKCAST_REDIS__URL": redis_url,
+        }
     elif change == "plaintext":
         env = {
             "TICKCAST_KAFKA__BOOTSTRAP_SERVERS": secure_kafka.bootstrap,
