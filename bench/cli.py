@@ -1,4 +1,5 @@
-"""`tickcast bench`: `bench model` (the predictor alone) and `bench e2e` (the whole service)."""
+"""`tickcast bench`: `bench model` (the predictor alone), `bench e2e` (the whole service) and
+`bench http` (the HTTP API)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib
 BENCHES = {
     "model": ("bench.model", "predictor throughput and latency per backend and batch size"),
     "e2e": ("bench.e2e", "the real service: sustained ticks/s, ratio to the model, latency, RSS"),
+    "http": ("bench.http", "tickcast serve under wrk: requests/s, p50/p95/p99, ratio to the model"),
 }
 
 
