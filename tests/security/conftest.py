@@ -4,8 +4,9 @@ Certificates come from openssl: a CA, a server certificate for 127.0.0.1/localho
 (the broker's and Redis's), a client certificate, and a second CA that signed nothing the servers
 use (the "untrusted CA" case). The broker is the one `tickcast services up` runs (the same jars,
 tools/localinfra.py), one KRaft node on free ports with two listeners: SASL_SSL for the clients
-under test (SCRAM-SHA-512 and SCRAM-SHA-256, client certificates required), and PLAINTEXT for the
-controller and inter-broker traffic only. Its SCRAM users are created by the broker's own storage
+under test (SCRAM-SHA-512 and SCRAM-SHA-256, client certificates required), SSL (mutual TLS: the
+client certificate is the credential), and PLAINTEXT for the controller and inter-broker traffic
+only. Its SCRAM users are created by the broker's own storage
 tool (`format --add-scram`) before it first starts. The same listener takes OAUTHBEARER tokens from
 a small OIDC identity provider run by the tests (client credentials at its token endpoint, RS256
 JWTs signed with openssl), which the broker checks against the provider's JWKS. Redis is Debian's redis-server with TLS only
@@ -237,6 +238,8 @@ class SecureKafka:
     password: str
     pki: Pki
     idp: Idp
+    #: the SSL listener: mutual TLS, no SASL
+    tls_bootstrap: str = ""
     process: subprocess.Popen[bytes] | None = None
 
     def env(self, mechanism: str = "SCRAM-SHA-512", **overrides: str) -> dict[str, str]:
@@ -248,6 +251,17 @@ class SecureKafka:
             "TICKCAST_KAFKA__SASL_MECHANISM": mechanism,
             "TICKCAST_KAFKA__SASL_USERNAME": SCRAM_USERS[mechanism],
             "TICKCAST_KAFKA__SASL_PASSWORD": self.password,
+            "TICKCAST_KAFKA__SSL_CA_LOCATION": str(self.pki.ca),
+            "TICKCAST_KAFKA__SSL_CERTIFICATE_LOCATION": str(self.pki.client_cert),
+            "TICKCAST_KAFKA__SSL_KEY_LOCATION": str(self.pki.client_key),
+            **overrides,
+        }
+
+    def mtls_env(self, **overrides: str) -> dict[str, str]:
+        """Mutual TLS on the SSL listener: the client certificate is the credential."""
+        return {
+            "TICKCAST_KAFKA__BOOTSTRAP_SERVERS": self.tls_bootstrap,
+            "TICKCAST_KAFKA__SECURITY_PROTOCOL": "SSL",
             "TICKCAST_KAFKA__SSL_CA_LOCATION": str(self.pki.ca),
             "TICKCAST_KAFKA__SSL_CERTIFICATE_LOCATION": str(self.pki.client_cert),
             "TICKCAST_KAFKA__SSL_KEY_LOCATION": str(self.pki.client_key),
@@ -272,9 +286,9 @@ class SecureKafka:
         return self.layout.logs / "kafka.log"
 
 
-def _secure_server_properties(
-    data: Path, pki: Pki, idp: Idp, sasl_port: int, plain_port: int, controller_port: int
-) -> str:
+def _secure_server_properties(data: Path, pki: Pki, idp: Idp, ports: dict[str, int]) -> str:
+    sasl_port, ssl_port, plain_port = ports["sasl_ssl"], ports["ssl"], ports["plaintext"]
+    controller_port = ports["controller"]
     scram_jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
     oauth_jaas = "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;"
     oauth_validator = (
@@ -285,14 +299,14 @@ def _secure_server_properties(
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-            f"listeners=SASL_SSL://127.0.0.1:{sasl_port},PLAINTEXT://127.0.0.1:{plain_port},"
-            f"CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=SASL_SSL://127.0.0.1:{sasl_port},"
+            f"listeners=SASL_SSL://127.0.0.1:{sasl_port},SSL://127.0.0.1:{ssl_port},"
+            f"PLAINTEXT://127.0.0.1:{plain_port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=SASL_SSL://127.0.0.1:{sasl_port},SSL://127.0.0.1:{ssl_port},"
             f"PLAINTEXT://127.0.0.1:{plain_port}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,"
-            "SASL_SSL:SASL_SSL",
+            "SASL_SSL:SASL_SSL,SSL:SSL",
             # SASL_SSL: SCRAM over TLS, and the client's certificate must be signed by the CA
             "listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256,"
             "OAUTHBEARER",
@@ -346,16 +360,13 @@ def secure_kafka(
     (root / "kafka").mkdir(parents=True)
     layout.libs.symlink_to(main.libs.resolve(), target_is_directory=True)
     layout.logs.mkdir(parents=True)
-    ports = [localinfra.free_port() for _ in range(3)]
-    while len(set(ports)) < 3:
-        ports = [localinfra.free_port() for _ in range(3)]
-    sasl_port, plain_port, controller_port = ports
+    names = ("sasl_ssl", "ssl", "plaintext", "controller")
+    ports = dict(zip(names, (localinfra.free_port() for _ in names), strict=True))
+    while len(set(ports.values())) < len(names):
+        ports = dict(zip(names, (localinfra.free_port() for _ in names), strict=True))
+    plain_port = ports["plaintext"]
     props = root / "kafka" / "server.properties"
-    props.write_text(
-        _secure_server_properties(
-            layout.kafka_data, pki, idp, sasl_port, plain_port, controller_port
-        )
-    )
+    props.write_text(_secure_server_properties(layout.kafka_data, pki, idp, ports))
     (root / "kafka" / "log4j2.properties").write_text(localinfra.LOG4J2)
     password = secrets.token_urlsafe(16)
     cluster_id = "-"
@@ -380,11 +391,12 @@ def secure_kafka(
     assert fmt.returncode == 0, f"kafka storage format failed; see {log}"
     broker = SecureKafka(
         layout,
-        f"127.0.0.1:{sasl_port}",
+        f"127.0.0.1:{ports['sasl_ssl']}",
         f"127.0.0.1:{plain_port}",
         password,
         pki,
         idp,
+        tls_bootstrap=f"127.0.0.1:{ports['ssl']}",
     )
     with log.open("a") as out, warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)

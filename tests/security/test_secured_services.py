@@ -149,6 +149,20 @@ def test_scram_sha_256_and_the_passthrough_table(
     assert code == 0, svc.tail(20)
 
 
+def test_tickcast_run_through_mutual_tls(
+    secure_kafka: SecureKafka, topics: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    """SSL without SASL: the CA and a client certificate with its key."""
+    env = {
+        **secure_kafka.mtls_env(),
+        "TICKCAST_REDIS__URL": redis_url,
+        "TICKCAST_REDIS__KEY_PREFIX": f"sec-{topics['ticks']}",
+    }
+    forecasts, svc, code = _run_through(env, secure_kafka.mtls_env(), topics, tmp_path)
+    assert len(forecasts) == SYMBOLS * (ROWS - 59)
+    assert code == 0, svc.tail(20)
+
+
 def test_tickcast_run_through_oauthbearer_with_oidc_client_credentials(
     secure_kafka: SecureKafka, topics: dict[str, str], redis_url: str, tmp_path: Path
 ) -> None:
