@@ -39,19 +39,15 @@ TICK_V1 = """{
 
 
 @pytest.fixture(scope="module")
-def schema_registry_url() -> Iterator[str]:
-    """The registry's Confluent-compatible URL; started here unless already running, and then
-    stopped again after the module (a registry that `services registry up` started stays)."""
-    layout = localinfra.Layout(ROOT / ".local")
-    already = localinfra.registry_url(layout)
+def schema_registry_url() -> str:
+    """The registry's Confluent-compatible URL. Started if not running, and left running, as the
+    suite does with Kafka and Redis: `tickcast services down` (`make down`) stops it."""
     with warnings.catch_warnings():
         # start_registry lets go of its Popen while the registry runs (it is stopped by pid, as
         # `tickcast services down` does): its ResourceWarning says so, and is no news here.
         warnings.simplefilter("ignore", ResourceWarning)
-        url = localinfra.start_registry(layout)  # LocalInfraError: errors with the reason
-    yield url
-    if already is None:
-        localinfra.stop_registry(layout)
+        # A registry that cannot start raises LocalInfraError: the tests error with the reason.
+        return localinfra.start_registry(localinfra.Layout(ROOT / ".local"))
 
 
 @pytest.fixture
