@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         "loop": "uvloop",
         "http": "httptools",
         "access_log": False,  # thousands of lines a second; /metrics counts the requests
+        "proxy_headers": False,  # no client address is used or logged: skip the rewrite
         "log_level": "warning",
         "timeout_graceful_shutdown": 10,
     }
