@@ -1,5 +1,6 @@
-"""The real `tickcast run` against a SASL_SSL broker (SCRAM, the test CA, a client certificate)
-and a TLS-only Redis with an ACL user; and each wrong setting refused at start in one line.
+"""The real `tickcast run` against a secured broker (SASL_SSL with SCRAM or OAUTHBEARER/OIDC, the
+test CA and a client certificate; SSL with the client certificate alone) and a TLS-only Redis
+with an ACL user; and each wrong setting refused at start in one line.
 
 The brokers and certificates are this module's own (conftest.py); one broker start serves every
 test here.
@@ -116,12 +117,16 @@ def _run_through(
 
 
 def test_tickcast_run_through_sasl_ssl_with_scram_and_a_client_certificate(
-    secure_kafka: SecureKafka, topics: dict[str, str], redis_url: str, tmp_path: Path
+    secure_kafka: SecureKafka,
+    topics: dict[str, str],
+    redis_url: str,
+    key_prefix: str,
+    tmp_path: Path,
 ) -> None:
     env = {
         **secure_kafka.env(),
         "TICKCAST_REDIS__URL": redis_url,
-        "TICKCAST_REDIS__KEY_PREFIX": f"sec-{topics['ticks']}",
+        "TICKCAST_REDIS__KEY_PREFIX": key_prefix,
     }
     forecasts, svc, code = _run_through(env, secure_kafka.env(), topics, tmp_path)
     assert len(forecasts) == SYMBOLS * (ROWS - 59)
@@ -132,7 +137,11 @@ def test_tickcast_run_through_sasl_ssl_with_scram_and_a_client_certificate(
 
 
 def test_scram_sha_256_and_the_passthrough_table(
-    secure_kafka: SecureKafka, topics: dict[str, str], redis_url: str, tmp_path: Path
+    secure_kafka: SecureKafka,
+    topics: dict[str, str],
+    redis_url: str,
+    key_prefix: str,
+    tmp_path: Path,
 ) -> None:
     """The other SCRAM user, and the CA given as a raw librdkafka property (DESIGN.md's
     TICKCAST_KAFKA__CLIENT__SSL_CA_LOCATION) instead of the typed key."""
@@ -142,7 +151,7 @@ def test_scram_sha_256_and_the_passthrough_table(
     env = {
         **kafka_env,
         "TICKCAST_REDIS__URL": redis_url,
-        "TICKCAST_REDIS__KEY_PREFIX": f"sec-{topics['ticks']}",
+        "TICKCAST_REDIS__KEY_PREFIX": key_prefix,
     }
     forecasts, svc, code = _run_through(env, kafka_env, topics, tmp_path)
     assert len(forecasts) == SYMBOLS * (ROWS - 59)
@@ -150,13 +159,17 @@ def test_scram_sha_256_and_the_passthrough_table(
 
 
 def test_tickcast_run_through_mutual_tls(
-    secure_kafka: SecureKafka, topics: dict[str, str], redis_url: str, tmp_path: Path
+    secure_kafka: SecureKafka,
+    topics: dict[str, str],
+    redis_url: str,
+    key_prefix: str,
+    tmp_path: Path,
 ) -> None:
     """SSL without SASL: the CA and a client certificate with its key."""
     env = {
         **secure_kafka.mtls_env(),
         "TICKCAST_REDIS__URL": redis_url,
-        "TICKCAST_REDIS__KEY_PREFIX": f"sec-{topics['ticks']}",
+        "TICKCAST_REDIS__KEY_PREFIX": key_prefix,
     }
     forecasts, svc, code = _run_through(env, secure_kafka.mtls_env(), topics, tmp_path)
     assert len(forecasts) == SYMBOLS * (ROWS - 59)
@@ -164,7 +177,11 @@ def test_tickcast_run_through_mutual_tls(
 
 
 def test_tickcast_run_through_oauthbearer_with_oidc_client_credentials(
-    secure_kafka: SecureKafka, topics: dict[str, str], redis_url: str, tmp_path: Path
+    secure_kafka: SecureKafka,
+    topics: dict[str, str],
+    redis_url: str,
+    key_prefix: str,
+    tmp_path: Path,
 ) -> None:
     """librdkafka fetches the token at the identity provider's endpoint with the client's id and
     secret; the broker checks the JWT against the provider's keys."""
@@ -172,7 +189,7 @@ def test_tickcast_run_through_oauthbearer_with_oidc_client_credentials(
     env = {
         **secure_kafka.oidc_env(),
         "TICKCAST_REDIS__URL": redis_url,
-        "TICKCAST_REDIS__KEY_PREFIX": f"sec-{topics['ticks']}",
+        "TICKCAST_REDIS__KEY_PREFIX": key_prefix,
     }
     forecasts, svc, code = _run_through(env, secure_kafka.oidc_env(), topics, tmp_path)
     assert len(forecasts) == SYMBOLS * (ROWS - 59)
@@ -251,6 +268,7 @@ def test_a_wrong_kafka_setting_is_one_line_at_start(
     elif change == "plaintext":
         env = {
             "TICKCAST_KAFKA__BOOTSTRAP_SERVERS": secure_kafka.bootstrap,
+            "TICKCAST_KAFKA__SECURITY_PROTOCOL": "PLAINTEXT",
             "TICKCAST_REDIS__URL": redis_url,
         }
     else:
