@@ -12,8 +12,11 @@ Everything lives under the state folder (`TICKCAST_LOCAL_DIR`, default `./.local
     .local/redis/           Redis working dir (no persistence: it is a cache of the topic)
     .local/logs/            kafka.log, redis.log, maven.log
     .local/run/             pid files of what `up` started, so `down` stops only those
+    .local/registry/        Apicurio Registry, unpacked by tools/registry/pom.xml (cached; ~170 MB)
 
-`tickcast services up|down|status`, or `make up|down|status`.
+`tickcast services up|down|status`, or `make up|down|status`. The Schema Registry (Apicurio's
+Confluent-compatible API, Java 21+) only on demand: `start_registry()` returns its URL,
+`tickcast services registry up|down|status`; `down` stops it too.
 """
 
 from __future__ import annotations
