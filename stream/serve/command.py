@@ -39,7 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def build_app(settings: Settings) -> FastAPI:
-    """Load and warm the model, connect to Redis (lazily: /readyz reports it), build the app."""
+    """Load and warm the model, make the Redis client (it connects on first use: /readyz says
+    whether Redis answers, so the API starts before Redis and rides out its restarts), build the
+    app."""
     import numpy as np
     import redis
 
@@ -51,7 +53,8 @@ def build_app(settings: Settings) -> FastAPI:
     predictor.predict_batch(np.full((1, settings.window.size), 1.0))
     client = redis.Redis.from_url(
         settings.redis.url,
-        password=settings.redis.password.get_secret_value() or None,
+        # ACL user, password, TLS files (redis.username, redis.password, redis.tls_*), as the stream
+        **settings.redis.connection_kwargs(),
         socket_timeout=settings.redis.socket_timeout_s,
         socket_connect_timeout=settings.redis.socket_timeout_s,
         decode_responses=False,
