@@ -665,7 +665,9 @@ def _describe(error: dict[str, Any], env: dict[str, str], file: Path | None) -> 
     )
     if error["type"] == "extra_forbidden":
         return f"unknown key {loc}{origin}"
-    if len(error["loc"]) <= 1 or (error["type"] == "value_error" and _names_keys(error)):
+    if not error["loc"] or (
+        error["type"] == "value_error" and (len(error["loc"]) == 1 or _names_keys(error))
+    ):
         # A rule across keys: its message names them (and the input, which may hold a secret
         # from the environment, is not shown).
         return str(error["msg"]).removeprefix("Value error, ")
