@@ -42,6 +42,7 @@ from stream.config import Settings
 from stream.errors import ModelError, StoreUnavailable
 from stream.predictor import Predictor
 from stream.redisio import Commands
+from stream.reload import ModelReloader
 from stream.serve.forecaster import Forecaster, NotFinite, WindowMeta
 from stream.serve.latest import LatestWindows
 from stream.serve.metrics import ServeMetrics
@@ -216,9 +217,11 @@ def create_app(
     predictor: Predictor,
     client: redis.Redis,
     registry: CollectorRegistry | None = None,
+    reload_every_s: float = 5.0,
 ) -> FastAPI:
     """The application on a loaded model and a Redis client (neither is checked here: /readyz
-    reports Redis). The model worker starts with the application's lifespan."""
+    reports Redis). The model worker starts with the application's lifespan; it checks
+    `model.path` for a new artifact every `reload_every_s`."""
     metrics = ServeMetrics(registry or CollectorRegistry())
     metrics.set_model(predictor.version)
     window = settings.window.size
@@ -235,6 +238,17 @@ def create_app(
         settings.cache.enabled,
     )
     forecaster = Forecaster(predictor, cache, metrics)
+
+    def swap(new: Predictor) -> None:  # on the worker thread, between batches
+        forecaster.use(new)
+        metrics.set_model(new.version)
+        metrics.model_reloads.inc()
+
+    # The stream's hot reload: a CURRENT that names another artifact (`tickcast promote`), or
+    # SIGHUP, swaps the model between batches, so the API keeps serving what the stream serves.
+    reloader = ModelReloader(settings.model, window, predictor, swap, reload_every_s)
+    forecaster.between_batches = reloader.between_batches
+    forecaster.idle_s = min(1.0, reload_every_s)
     latest = LatestWindows(
         Commands(client), settings.redis.key_prefix, window, settings.topics.ticks
     )
@@ -268,6 +282,7 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.forecaster = forecaster
+    app.state.reload = reloader.request  # SIGHUP (stream/serve/command.py)
     app.state.metrics = metrics
 
     async def answer(windows: np.ndarray, metas: list[WindowMeta], batch: bool) -> Answer:

@@ -95,7 +95,11 @@ def run(args: argparse.Namespace) -> int:
     # stop exits 0, as `tickcast run` does.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     if workers == 1:
-        uvicorn.run(build_app(settings), **common)  # type: ignore[arg-type]
+        app = build_app(settings)
+        # SIGHUP: reload the model at the next batch boundary, as `tickcast run` does (with
+        # several workers each checks model.path on its own every few seconds)
+        signal.signal(signal.SIGHUP, lambda signum, frame: app.state.reload())
+        uvicorn.run(app, **common)  # type: ignore[arg-type]
     else:
         if args.config:
             os.environ[CONFIG_ENV] = str(args.config)

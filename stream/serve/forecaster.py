@@ -24,7 +24,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -139,6 +139,16 @@ class Forecaster:
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="tickcast-serve-model", daemon=True)
         self._started = False
+        #: called on the worker thread after every batch and when idle for `idle_s`: the hot
+        #: reload's check (stream/reload.py), which may call `use` with a new model
+        self.between_batches: Callable[[], None] = lambda: None
+        self.idle_s = 1.0
+
+    def use(self, predictor: Predictor) -> None:
+        """Serve `predictor` from the next batch on. Call it on the worker thread only (from
+        `between_batches`), so a batch is computed and cached by one model."""
+        self._columns = quantile_columns(predictor.quantiles)
+        self.predictor = predictor
 
     # ------------------------------------------------------------ lifecycle
 
@@ -173,7 +183,11 @@ class Forecaster:
     def _work(self) -> None:
         get = self._queue.get
         while True:
-            job = get()
+            try:
+                job = get(timeout=self.idle_s)
+            except queue.Empty:
+                self._between_batches()
+                continue
             if job is None:
                 return
             jobs = [job]
@@ -201,6 +215,13 @@ class Forecaster:
                     j.loop.call_soon_threadsafe(_resolve, j.future, j.results)
             if stop:
                 return
+            self._between_batches()
+
+    def _between_batches(self) -> None:
+        try:
+            self.between_batches()
+        except Exception:  # the worker must outlive a failed check; the model in hand serves on
+            log.exception("between-batches hook failed")
 
     def run_batch(self, jobs: Sequence[Job]) -> None:
         """One cache lookup, one model call and one cache fill for all windows of `jobs`; fills

@@ -87,6 +87,11 @@ class ServeMetrics:
             "Windows whose model output was not finite (no forecast)",
             registry=registry,
         )
+        self.model_reloads = Counter(
+            f"{PREFIX}_model_reloads",
+            "Models swapped in without a restart (a new CURRENT, or SIGHUP)",
+            registry=registry,
+        )
         self.redis_errors = Counter(
             f"{api}_redis_errors",
             "Requests that failed because Redis did not answer",

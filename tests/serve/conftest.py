@@ -29,7 +29,7 @@ def api(
     made: list[tuple[TestClient, redis.Redis]] = []
     prefixes: set[str] = set()
 
-    def make(**environ: str) -> TestClient:
+    def make(reload_every_s: float = 5.0, **environ: str) -> TestClient:
         env = {
             "TICKCAST_REDIS__URL": redis_url,
             "TICKCAST_REDIS__KEY_PREFIX": key_prefix,
@@ -39,7 +39,8 @@ def api(
         if settings.redis.url == redis_url and settings.redis.key_prefix != key_prefix:
             prefixes.add(settings.redis.key_prefix)
         client = redis.Redis.from_url(settings.redis.url, socket_timeout=2)
-        http = TestClient(create_app(settings, predictor, client))
+        served = predictor if not settings.model.path else load_predictor(settings.model, 60)
+        http = TestClient(create_app(settings, served, client, reload_every_s=reload_every_s))
         http.__enter__()  # runs the lifespan: the model worker starts
         made.append((http, client))
         return http

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from stream.contracts import Record, decode_forecast, encode_forecast, encode_ti
 from stream.pipeline import Pipeline
 from stream.predictor import Predictor
 from stream.windows import WindowStore
+from tests.artifacts import artifacts_root, derived_artifact
 from tests.redis_process import RedisProcess
 from tests.serve.conftest import fields
 
@@ -298,6 +300,30 @@ def test_the_latest_forecast_after_the_store_shrinks_to_committed(
     http = api()
     got = http.get("/v1/forecasts/XAUUSD").json()
     assert fields(got) == fields(published[-1])
+
+
+# ------------------------------------------------------------------ hot reload
+
+
+def test_a_new_current_artifact_is_served_without_a_restart(
+    api: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    """`tickcast promote` (a new CURRENT) reaches the API as it reaches the stream."""
+    root, base = artifacts_root(tmp_path)
+    http = api(reload_every_s=0.1, TICKCAST_MODEL__PATH=str(root))
+    w = window(31)
+    before = post(http, "/v1/predict", {"prices": w}).json()
+    assert before["model_version"] == base
+    new = derived_artifact(root, base)
+    (root / "CURRENT").write_text(new + "\n")
+    deadline = time.monotonic() + 20
+    while (after := post(http, "/v1/predict", {"prices": w}).json())["model_version"] != new:
+        assert time.monotonic() < deadline, "the new CURRENT was not served"
+        time.sleep(0.05)
+    assert after["cached"] is False  # the cache is per model version
+    assert after["price"] != before["price"]
+    assert f'tickcast_model_info{{version="{new}"}} 1.0' in http.get("/metrics").text
+    assert "tickcast_model_reloads_total 1.0" in http.get("/metrics").text
 
 
 # ------------------------------------------------------------------ health, metrics, docs
