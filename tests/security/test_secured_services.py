@@ -134,6 +134,19 @@ def test_tickcast_run_through_sasl_ssl_with_scram_and_a_client_certificate(
     log = svc.log_path.read_text()
     assert "Traceback" not in log
     assert secure_kafka.password not in log
+    # `tickcast tail` reads them over the same secured listener
+    options = ["--from-beginning", "--json", "--max", str(len(forecasts)), "--idle-timeout", "20"]
+    tail = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "tail", *options],
+        env={**os.environ, **env, "TICKCAST_TOPICS__FORECASTS": topics["forecasts"]},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert tail.returncode == 0, tail.stderr
+    printed = [orjson.loads(line) for line in tail.stdout.splitlines() if line.startswith("{")]
+    assert len(printed) == len(forecasts)
 
 
 def test_scram_sha_256_and_the_passthrough_table(
