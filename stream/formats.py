@@ -167,6 +167,10 @@ class RegistryFormat:
             ProtobufDeserializer(cls, conf={"use.deprecated.format": False}),
         )
 
+    def close(self) -> None:
+        """Close the registry client's HTTP connections."""
+        self.client.close()
+
     # -------------------------------------------------------------- registration
 
     def subjects(self) -> dict[str, str]:

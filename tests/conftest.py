@@ -240,3 +240,22 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
             node.terminate()
         for node in nodes:
             node.wait(10)
+
+
+@pytest.fixture(scope="session")
+def schema_registry() -> Iterator[str]:
+    """A real Schema Registry's Confluent-compatible URL (Apicurio Registry, started by the
+    project's tooling once per session; stopped afterwards if this session started it). Never
+    skipped: if it cannot start, the tests that need it fail with the tooling's reason."""
+    import warnings
+
+    from tools import localinfra
+
+    already = localinfra.registry_url()
+    with warnings.catch_warnings():
+        # start_registry lets go of its Popen while the registry runs (stopped by pid later).
+        warnings.simplefilter("ignore", ResourceWarning)
+        url = localinfra.start_registry()
+    yield url
+    if already is None:
+        localinfra.stop_registry()
