@@ -333,14 +333,47 @@ def _summary(
     table.add_row(
         "cache",
         f"{hits / max(hits + misses, 1):.0%} hits on {int(hits + misses):,} lookups"
-        " (the redelivered windows, served without the model)",
+        " (redelivered windows and windows before, served without the model)",
     )
     table.add_row(
         f"accuracy, {symbol}",
         f"{n:,} held-out days: model MAE {mae:.2f} USD, persistence MAE {naive:.2f} USD, "
         f"MASE {mae / naive:.3f}, 80% interval coverage {inside / max(n, 1):.1%}",
     )
+    for version, row in live_scores(scraped).items():
+        table.add_row(
+            f"live scores, model {version}",
+            f"{int(row['n']):,} forecasts scored by the next tick since the restart: MAE"
+            f" {row['mae']:.2f}, MASE {row['mase']:.3f} against persistence, interval coverage"
+            f" {row['coverage']:.1%} (nominal {row['nominal']:.0%})",
+        )
     table.add_row("consumer exit", f"{code} after SIGTERM (log {consumer.log_path})")
     table.add_row("metrics", f"http://127.0.0.1:{consumer.port}/metrics while a consumer runs")
     table.add_row("took", f"{time.monotonic() - started:.1f} s")
     Console().print(table)
+
+
+def live_scores(scraped: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Per model version, the service's own live scores (stream/scoring.py) from its metrics:
+    how many, MAE, MASE against persistence, interval coverage and its nominal level."""
+    import re
+
+    sums: dict[str, dict[str, float]] = {}
+    for key, value in scraped.items():
+        m = re.match(r'(tickcast_score[a-z_]*)\{.*model_version="([^"]*)"', key)
+        if m:
+            row = sums.setdefault(m.group(2), {})
+            row[m.group(1)] = row.get(m.group(1), 0.0) + value
+    out = {}
+    for version, row in sums.items():
+        n = row.get("tickcast_scored_total", 0.0)
+        naive = row.get("tickcast_score_persistence_abs_error_sum", 0.0)
+        if n:
+            out[version] = {
+                "n": n,
+                "mae": row.get("tickcast_score_abs_error_sum", 0.0) / n,
+                "mase": row.get("tickcast_score_abs_error_sum", 0.0) / naive if naive else 0.0,
+                "coverage": row.get("tickcast_score_interval_hits_total", 0.0) / n,
+                "nominal": row.get("tickcast_score_interval", 0.0),
+            }
+    return out

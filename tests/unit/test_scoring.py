@@ -354,3 +354,26 @@ def test_score_metrics_sum_per_model_and_named_symbol_and_bound_the_rest() -> No
     assert at("tickcast_score_abs_error_sum", OTHER_SYMBOLS) == pytest.approx(12.0)
     assert at("tickcast_scored_total", "B") is None
     assert value("tickcast_score_interval", {"model_version": "m1"}) == 0.8
+
+
+def test_the_demo_summarises_live_scores_from_the_services_metrics() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from stream.metrics import Metrics
+    from tools.demo import live_scores
+
+    metrics = Metrics(CollectorRegistry())
+    metrics.scores.record(
+        [score_of([0.99, 1.0, 1.02], 100.0, 101.0), score_of([0.99, 1.0, 1.02], 100.0, 96.0)]
+    )
+    scraped = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.render().decode().splitlines()
+        if line.startswith("tickcast_")
+    }
+    [(version, row)] = live_scores(scraped).items()
+    assert version == "m1"
+    assert row["n"] == 2 and row["nominal"] == 0.8
+    assert row["mae"] == pytest.approx(2.5)  # errors 1 and 4
+    assert row["mase"] == pytest.approx(5.0 / 5.0)  # persistence's errors 1 and 4
+    assert row["coverage"] == 0.5
