@@ -65,9 +65,10 @@ fmt: $(STAMP) ## format and autofix
 demo: $(STAMP) ## the gold series through the live consumer, with a summary
 	$(BIN)/tickcast demo
 
-bench: $(STAMP) ## model and end-to-end benchmarks
+bench: $(STAMP) ## model, end-to-end and HTTP API benchmarks
 	$(BIN)/tickcast bench model
 	$(BIN)/tickcast bench e2e
+	$(BIN)/tickcast bench http
 
 train: $(STAMP) ## train a new model artifact on the bundled gold series
 	$(BIN)/tickcast train
