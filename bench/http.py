@@ -38,7 +38,10 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stream.config import ModelSettings
 
 #: The seeds' published figures (issue 11): requests/s and p95 of their FastAPI + Keras API.
 SEEDS_RPS = 187.0
@@ -226,15 +229,13 @@ def _wrk(
     }
 
 
-def _model_ceiling(batch: int) -> dict[str, float]:
+def _model_ceiling(model: ModelSettings, batch: int) -> dict[str, float]:
     """windows/s of the served predictor alone, at batch 1 and at `batch` (medians of calls)."""
     import numpy as np
 
-    from stream import config
     from stream.predictor import load_predictor
 
-    settings = config.load()
-    predictor = load_predictor(settings.model, settings.window.size)
+    predictor = load_predictor(model, W)
     rng = np.random.default_rng(5)
     windows = 1900 * np.exp(np.cumsum(rng.normal(0, 0.01, (max(batch, 1), W)), axis=1))
     out: dict[str, float] = {}
@@ -257,12 +258,17 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from stream import config
+    from stream.predictor import resolve_artifact
     from stream.service import delete_keys, redis_client
     from tools.localinfra import free_port
 
     console = Console()
     wrk = _ensure_wrk()
     settings = config.load(args.config)
+    # The artifact CURRENT names now, by its own folder: a new CURRENT during the run (a
+    # `tickcast promote` elsewhere) would make the server hot-reload and miss its cache.
+    artifact = resolve_artifact(settings.model.path)
+    model = settings.model.model_copy(update={"path": str(artifact)})
     bench_id = uuid.uuid4().hex[:8]
     prefix = f"bench-http-{bench_id}"
     port = free_port()
@@ -272,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
     env = {
         **os.environ,
         "TICKCAST_REDIS__KEY_PREFIX": prefix,
+        "TICKCAST_MODEL__PATH": str(artifact),
         "TICKCAST_SERVE__WORKERS": str(args.workers),
         "TICKCAST_SERVE__MAX_BATCH_WINDOWS": str(max(args.batch, 1000)),
     }
@@ -318,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in scenarios}
         ceilings: list[dict[str, float]] = []
         for r in range(args.runs):
-            ceilings.append(_model_ceiling(args.batch))
+            ceilings.append(_model_ceiling(model, args.batch))
             for name, script in scripts.items():
                 result = _wrk(wrk, url, script, args, server)
                 runs[name].append(result)
@@ -366,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
         "cpus": os.cpu_count(),
         "load_average_after": os.getloadavg(),
         "args": {k: v for k, v in vars(args).items() if isinstance(v, int | float | str)},
+        "model": str(artifact),
         "start_to_ready_s": start_s,
         "runs": runs,
         "medians": summary,
