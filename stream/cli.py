@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("models.train", "train the CNN-Bi-LSTM and write a new artifact"),
     "evaluate": ("models.evaluate", "evaluate an artifact against persistence on held-out days"),
     "export": ("models.export", "export an artifact's Keras model to ONNX and re-hash it"),
-    "bench": ("bench.cli", "benchmarks: `bench model`, `bench e2e`"),
+    "bench": ("bench.cli", "benchmarks: `bench model`, `bench e2e`, `bench http`"),
 }
 
 
