@@ -208,11 +208,15 @@ class Forecaster:
             except Exception as exc:  # every waiting request gets the error, the worker goes on
                 if not isinstance(exc, TickcastError):
                     log.exception("forecast batch failed")
-                for j in jobs:
-                    j.loop.call_soon_threadsafe(_fail, j.future, exc)
+                failed: BaseException | None = exc
             else:
-                for j in jobs:
-                    j.loop.call_soon_threadsafe(_resolve, j.future, j.results)
+                failed = None
+            # One wake-up of each event loop per batch, not one per request.
+            by_loop: dict[asyncio.AbstractEventLoop, list[Job]] = {}
+            for j in jobs:
+                by_loop.setdefault(j.loop, []).append(j)
+            for loop, its_jobs in by_loop.items():
+                loop.call_soon_threadsafe(_hand_back, its_jobs, failed)
             if stop:
                 return
             self._between_batches()
@@ -309,13 +313,12 @@ class Forecaster:
                 self.metrics.forecasts.labels(cached=str(cached).lower()).inc(n)
 
 
-def _resolve(
-    future: asyncio.Future[list[ApiForecast | NotFinite]], results: list[ApiForecast | NotFinite]
-) -> None:
-    if not future.done():  # the client may have gone (cancelled)
-        future.set_result(results)
-
-
-def _fail(future: asyncio.Future[list[ApiForecast | NotFinite]], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+def _hand_back(jobs: list[Job], failed: BaseException | None) -> None:
+    """On the event loop: each job's results, or the batch's error."""
+    for job in jobs:
+        if job.future.done():  # the client went away (cancelled)
+            continue
+        if failed is None:
+            job.future.set_result(job.results)
+        else:
+            job.future.set_exception(failed)
