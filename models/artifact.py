@@ -58,6 +58,9 @@ def canonical_onnx(proto: Any) -> Any:
     graph = proto.graph
     if any(attr.g.node or attr.graphs for node in graph.node for attr in node.attribute):
         return proto  # control flow with subgraphs: not expected here, leave it untouched
+    ordered_nodes = [type(n).FromString(n.SerializeToString()) for n in structural_order(graph)]
+    del graph.node[:]
+    graph.node.extend(ordered_nodes)
     keep = {t.name for t in graph.input} | {t.name for t in graph.output}
     names: dict[str, str] = {}
 
@@ -85,6 +88,65 @@ def canonical_onnx(proto: Any) -> Any:
             if dim.HasField("dim_param"):
                 dim.dim_param = "batch"
     return proto
+
+
+def structural_order(graph: Any) -> list[Any]:
+    """The graph's nodes in a topological order that depends on structure, not on names.
+
+    A node's signature hashes its op, attributes and, for each input, the signature of the node
+    that makes it (with the output index), the bytes of the initializer, or the graph input's
+    name. Among nodes ready to run, the smallest signature goes first. So two conversions of the
+    same model that list parallel branches in another order give the same sequence.
+    """
+    import hashlib
+    import heapq
+
+    producer = {
+        out: (i, k) for i, node in enumerate(graph.node) for k, out in enumerate(node.output)
+    }
+    weights: dict[str, str] = {}
+    for tensor in graph.initializer:
+        bare = type(tensor).FromString(tensor.SerializeToString())
+        bare.name = ""
+        weights[tensor.name] = hashlib.sha256(bare.SerializeToString()).hexdigest()
+    signature: dict[int, str] = {}
+
+    def sig(i: int) -> str:
+        if i not in signature:
+            node = graph.node[i]
+            h = hashlib.sha256(f"{node.domain}:{node.op_type}".encode())
+            for attr in sorted(node.attribute, key=lambda a: a.name):
+                h.update(attr.SerializeToString())
+            for name in node.input:
+                if name in producer:
+                    j, k = producer[name]
+                    h.update(f"node:{sig(j)}:{k}".encode())
+                elif name in weights:
+                    h.update(f"weight:{weights[name]}".encode())
+                else:
+                    h.update(f"input:{name}".encode())
+            signature[i] = h.hexdigest()
+        return signature[i]
+
+    waiting = [sum(1 for name in node.input if name in producer) for node in graph.node]
+    consumers: dict[int, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            if name in producer:
+                consumers.setdefault(producer[name][0], []).append(i)
+    ready = [(sig(i), i) for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order: list[Any] = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(graph.node[i])
+        for j in consumers.get(i, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, (sig(j), j))
+    if len(order) != len(graph.node):  # a cycle cannot be a valid ONNX graph; keep it as it is
+        return list(graph.node)
+    return order
 
 
 def onnx_op_types(path: Path) -> list[str]:
@@ -144,7 +206,13 @@ def write_artifact(
         if keras_source is not None:
             shutil.copyfile(keras_source, staging / KERAS_FILE)
         else:
+            import keras
+
             model.save(staging / KERAS_FILE)
+            # Export what was saved, as `tickcast export` does: a model rebuilt from the file
+            # may order parallel branches differently from the one built in memory, and the ONNX
+            # bytes (the version) must not depend on which of the two was converted.
+            model = keras.saving.load_model(str(staging / KERAS_FILE), compile=False)
         export_onnx(model, staging / ONNX_FILE, window)
         version = version_of(staging / ONNX_FILE)
         manifest = {

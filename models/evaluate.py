@@ -117,13 +117,15 @@ def run(args: argparse.Namespace) -> int:
         "version": predictor.version,
         "backend": args.backend,
         "data": Path(args.data).name,
+        "mix": manifest.raw.get("architecture", {}).get("mix"),
+        "calibration": manifest.raw.get("calibration"),
         **report,
     }
     report["targets"] = issue_targets(report)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{PLOT_PREFIX}evaluation.json").write_text(
-        json.dumps(report, indent=2) + "\n", encoding="utf-8"
+        json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n", encoding="utf-8"
     )
     plots = write_plots(out, arrays, report)
     (out / f"{PLOT_PREFIX}evaluation.md").write_text(markdown(report, plots), encoding="utf-8")
@@ -137,6 +139,17 @@ def run(args: argparse.Namespace) -> int:
         f" {m['pinball']:.3f} vs {g['pinball']:.3f}; report in {out}/{PLOT_PREFIX}evaluation.md"
     )
     return 0
+
+
+def json_safe(value: Any) -> Any:
+    """NaN (a test with nothing to test) as null: the report stays strict JSON."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def forecast_all(
@@ -333,8 +346,8 @@ def issue_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"target": a, "measured": b, "met": bool(c)} for a, b, c in rows]
 
 
-def _fmt_p(p: float) -> str:
-    return "n/a" if p != p else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+def _fmt_p(p: float | None) -> str:
+    return "n/a" if p is None or p != p else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 
 
 def part_table(part: dict[str, Any]) -> list[str]:
@@ -382,6 +395,19 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
         "Every baseline forecasts each target from the returns before it only. DM p: Diebold-"
         "Mariano, HLN-corrected, Newey-West; in brackets the mean loss difference model minus"
         " baseline (negative: the model is better).",
+    ]
+    if report.get("mix") is not None:
+        lines.append(
+            f"The model's quantiles are {report['mix']:g} x CNN-Bi-LSTM + {1 - report['mix']:g} x"
+            " its volatility branch (mix chosen on the validation rows)."
+        )
+    cal = report.get("calibration") or {}
+    if cal.get("method", "none") != "none":
+        lines.append(
+            f"Conformal calibration on the validation rows: lower gap x {cal['lower']:.4f},"
+            f" upper gap x {cal['upper']:.4f} (inside the model)."
+        )
+    lines += [
         "",
         f"## Test rows: {t['first']} to {t['last']}, n = {t['n']} (held out)",
         "",

@@ -63,6 +63,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set-current", action="store_true", help="make the new artifact OUT/CURRENT"
     )
+    parser.add_argument(
+        "--train-mix",
+        type=float,
+        default=1.0,
+        help="the mix while training (default 1: the CNN-Bi-LSTM is trained alone, the"
+        " volatility branch keeps its fixed starting filters)",
+    )
+    parser.add_argument(
+        "--mix",
+        default="auto",
+        help="weight of the CNN-Bi-LSTM's quantiles against the volatility branch's (1 - mix) in"
+        " the artifact; auto (default): the value in 0, 0.05, .., 1 with the lowest pinball loss"
+        " on the validation rows",
+    )
+    parser.add_argument(
+        "--init-from",
+        default="",
+        metavar="DIR",
+        help="start the CNN-Bi-LSTM layers from this artifact's model.keras (with --epochs 0: keep"
+        " them as they are and only fit the mix and the calibration on the validation rows)",
+    )
+    parser.add_argument(
+        "--calibration",
+        choices=("cqr", "none"),
+        default="cqr",
+        help="cqr (default): scale each tail's gap so that the validation rows see its nominal"
+        " miss rate (conformalised quantile regression); none: leave the trained gaps",
+    )
 
 
 def _progress_callback(epochs: int) -> Any:
@@ -107,11 +135,19 @@ def run(args: argparse.Namespace) -> int:
     import tensorflow as tf
 
     from models.artifact import set_current, write_artifact, write_manifest
-    from models.cnn_bilstm import INTERVAL, QUANTILES, build_model, pinball_loss
+    from models.cnn_bilstm import (
+        INTERVAL,
+        QUANTILES,
+        build_model,
+        pinball_loss,
+        set_calibration,
+        set_mix,
+    )
+    from models.evaluate import evaluate, issue_targets, json_safe
     from models.scoring import score_split
     from models.split import chronological_split, relative_log, target_log_returns, windows_for
     from stream.errors import DataError
-    from stream.predictor import OnnxPredictor, read_manifest
+    from stream.predictor import OnnxPredictor, read_manifest, resolve_artifact
 
     series = select_rows(args.data, args.limit_rows)
     window = args.window
@@ -139,25 +175,78 @@ def run(args: argparse.Namespace) -> int:
 
     keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()
-    model = build_model(window, conv_filters=args.conv_filters, lstm_units=args.lstm_units)
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=pinball_loss(QUANTILES))
-    stopper = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=args.patience, restore_best_weights=True
+    fixed_mix = None if args.mix == "auto" else float(args.mix)
+    model = build_model(
+        window,
+        conv_filters=args.conv_filters,
+        lstm_units=args.lstm_units,
+        mix=args.train_mix,
     )
+    initialised_from = None
+    if args.init_from:
+        initialised_from = init_from_artifact(model, resolve_artifact(args.init_from))
+    loss = pinball_loss(QUANTILES)
+    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss)
     started = time.perf_counter()
-    history = model.fit(
-        x_train,
-        y_train,
-        validation_data=(x_val, y_val),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        shuffle=True,
-        verbose=0,
-        callbacks=[stopper, _progress_callback(args.epochs)],
-    )
+    val_losses: list[float] = []
+    if args.epochs > 0:
+        stopper = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=args.patience, restore_best_weights=True
+        )
+        history = model.fit(
+            x_train,
+            y_train,
+            validation_data=(x_val, y_val),
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            shuffle=True,
+            verbose=0,
+            callbacks=[stopper, _progress_callback(args.epochs)],
+        )
+        val_losses = [float(v) for v in history.history["val_loss"]]
     seconds = time.perf_counter() - started
-    val_losses = [float(v) for v in history.history["val_loss"]]
-    best_epoch = int(np.argmin(val_losses)) + 1
+    best_epoch = int(np.argmin(val_losses)) + 1 if val_losses else 0
+
+    def val_pinball() -> float:
+        q = np.asarray(model.predict(x_val, batch_size=1024, verbose=0))
+        return float(np.mean(loss(y_val, q)))
+
+    mix_scores: dict[str, float] = {}
+    if fixed_mix is None:
+        for mix in np.round(np.linspace(0.0, 1.0, 21), 2):
+            set_mix(model, float(mix))
+            mix_scores[f"{mix:.2f}"] = val_pinball()
+        chosen = min(mix_scores, key=lambda k: mix_scores[k])
+        set_mix(model, float(chosen))
+        log.info("mix %s: validation pinball %.5f", chosen, mix_scores[chosen])
+        mix_used = float(chosen)
+    else:
+        mix_used = fixed_mix
+        set_mix(model, mix_used)
+
+    val_pinball_before = val_pinball()
+    calibration: dict[str, Any] = {
+        "method": "none",
+        "lower": 1.0,
+        "upper": 1.0,
+        "validation_pinball_pct": val_pinball_before,
+    }
+    if args.calibration == "cqr":
+        q = np.asarray(model(x_val, training=False), dtype=np.float64)
+        lower, upper = conformal_factors(q, y_val.astype(np.float64), QUANTILES)
+        set_calibration(model, lower, upper)
+        calibrated = val_pinball()
+        calibration = {
+            "method": "conformalised quantile regression on the validation rows, one"
+            " multiplicative factor per tail on the gap between the median and the outer quantile"
+            " (the ceil((n + 1)(1 - tau))-th smallest gap ratio), inside the model",
+            "rows": "validation",
+            "lower": lower,
+            "upper": upper,
+            "validation_pinball_pct_before": val_pinball_before,
+            "validation_pinball_pct_after": calibrated,
+        }
+        log.info("calibration factors lower %.4f upper %.4f", lower, upper)
 
     data_sha = hashlib.sha256(Path(args.data).read_bytes()).hexdigest()
     fields: dict[str, Any] = {
@@ -170,6 +259,15 @@ def run(args: argparse.Namespace) -> int:
             "conv_filters": args.conv_filters,
             "lstm_units": args.lstm_units,
             "parameters": int(model.count_params()),
+            "volatility_branch": "four non-negative filters over |returns| of the window"
+            " (started as 5-, 20-, 59-day means and EWMA 0.94), mixed into sigma; quantiles"
+            " median 0 +- 1.2816 sigma",
+            "mix": mix_used,
+            "train_mix": args.train_mix,
+            "mix_rule": "output = mix * CNN-Bi-LSTM + (1 - mix) * volatility branch"
+            + ("; mix chosen on the validation rows (pinball)" if fixed_mix is None else ""),
+            "mix_validation_pinball_pct": mix_scores,
+            "initialised_from": initialised_from,
         },
         "data": {
             "file": Path(args.data).name,
@@ -187,19 +285,27 @@ def run(args: argparse.Namespace) -> int:
             "max_epochs": args.epochs,
             "epochs_run": len(val_losses),
             "best_epoch": best_epoch,
-            "best_val_loss": min(val_losses),
+            "best_val_loss": min(val_losses) if val_losses else None,
             "early_stopping": f"val_loss, patience {args.patience}, restore best weights",
             "seed": args.seed,
             "seconds": round(seconds, 1),
         },
+        "calibration": calibration,
     }
     folder = write_artifact(model, args.out, fields, window=window)
     manifest = read_manifest(folder)
     predictor = OnnxPredictor(manifest)
-    fields_metrics = {
+    fields_metrics: dict[str, Any] = {
         "validation_metrics": score_split(predictor, prices, split.validation),
         "test_metrics": score_split(predictor, prices, split.test),
     }
+    try:  # the baselines need history: a short --limit-rows slice may not have enough
+        evaluation, _ = evaluate(predictor, series, split)
+    except ValueError as exc:
+        log.warning("no baseline evaluation: %s", exc)
+    else:
+        evaluation["targets"] = issue_targets(evaluation)
+        fields_metrics["evaluation"] = json_safe(evaluation)
     write_manifest(folder, {**manifest.raw, **fields_metrics})
     if args.set_current:
         set_current(args.out, manifest.version)
@@ -215,3 +321,51 @@ def run(args: argparse.Namespace) -> int:
         + ("; now CURRENT" if args.set_current else "")
     )
     return 0
+
+
+#: The CNN-Bi-LSTM's own layers (those --init-from copies).
+NETWORK_LAYERS = ("conv1", "conv2", "bilstm", "dense", "median", "lower_gap", "upper_gap")
+
+
+def init_from_artifact(model: Any, folder: Path) -> str:
+    """Copy the CNN-Bi-LSTM layers' weights from folder/model.keras (checked against its
+    manifest's sha256); returns the source version."""
+    import keras
+
+    from stream.predictor import KERAS_FILE, verify_artifact
+
+    manifest = verify_artifact(
+        folder, window_size=model.input_shape[1], horizon=1, files=(KERAS_FILE,)
+    )
+    source = keras.saving.load_model(str(folder / KERAS_FILE), compile=False)
+    for name in NETWORK_LAYERS:
+        model.get_layer(name).set_weights(source.get_layer(name).get_weights())
+    return manifest.version
+
+
+def conformal_factors(
+    q: Any, y: Any, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+) -> tuple[float, float]:
+    """Per-tail factors c so that median - c * gap misses a share tau of calibration rows.
+
+    q: (n, k) log-return quantiles, y: (n,) realised log returns. The score of a row is how many
+    of its gaps the outcome lies beyond the median, (median - y) / lower_gap for the lower tail;
+    the factor is its ceil((n + 1)(1 - tau))-th smallest value (split-conformal, Romano et al.
+    2019, in the multiplicative form that keeps the interval proportional to the model's width).
+    """
+    import numpy as np
+
+    mid = quantiles.index(0.5)
+    median = q[:, mid]
+    lower_gap = np.maximum(median - q[:, 0], 1e-12)
+    upper_gap = np.maximum(q[:, -1] - median, 1e-12)
+    n = y.shape[0]
+
+    def factor(scores: Any, tau: float) -> float:
+        k = min(n, int(np.ceil((n + 1) * (1.0 - tau))))
+        return float(np.sort(scores)[k - 1])
+
+    return (
+        factor((median - y) / lower_gap, quantiles[0]),
+        factor((y - median) / upper_gap, 1.0 - quantiles[-1]),
+    )

@@ -37,6 +37,12 @@ def test_train_evaluate_export_on_a_slice(tmp_path: Path) -> None:
     assert manifest["data"]["split"]["test"]["targets"] == 300
     assert manifest["training"]["epochs_run"] == 2
     assert manifest["test_metrics"]["n"] == 300
+    # calibrated on the validation rows, and evaluated against the baselines into the manifest
+    assert manifest["calibration"]["rows"] == "validation"
+    assert manifest["calibration"]["lower"] > 0 and manifest["calibration"]["upper"] > 0
+    assert manifest["evaluation"]["test"]["n"] == 300
+    assert manifest["evaluation"]["validation"]["n"] == 150
+    assert len(manifest["evaluation"]["targets"]) == 6
     # the served graph uses the native ONNX LSTM op, not a Loop/Scan unrolling
     assert "LSTM" in manifest["onnx"]["ops"]
     assert "Loop" not in manifest["onnx"]["ops"] and "Scan" not in manifest["onnx"]["ops"]

@@ -1,0 +1,96 @@
+"""The network's promises: intervals proportional to the window's volatility, sorted quantiles,
+calibration factors inside the graph, and the conformal factors of training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.train import conformal_factors
+
+pytest.importorskip("tensorflow")
+
+
+@pytest.fixture(scope="module")
+def model() -> object:
+    from models.cnn_bilstm import build_model
+
+    m = build_model(60)
+    rng = np.random.default_rng(0)
+    # trained-looking weights: every trainable weight moved away from its start
+    for layer in m.layers:
+        if layer.trainable and layer.weights:
+            layer.set_weights(
+                [
+                    np.abs(w) + rng.normal(0, 0.3, w.shape).astype(np.float32) ** 2
+                    if layer.name in {"vol_spans", "sigma"}
+                    else w + rng.normal(0, 0.3, w.shape).astype(np.float32)
+                    for w in layer.get_weights()
+                ]
+            )
+    return m
+
+
+def windows(count: int = 64, vol: float = 0.01, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.standard_t(4, (count, 60)) * vol, axis=1)
+
+
+def relative(w: np.ndarray) -> np.ndarray:
+    return (w - w[:, -1:]).astype(np.float32)[..., None]
+
+
+def test_the_volatility_branch_scales_with_the_window_s_returns(model: object) -> None:
+    from models.cnn_bilstm import set_mix
+
+    w = windows()
+    set_mix(model, 0.0)  # the volatility branch alone: exactly proportional to the returns
+    base = np.asarray(model(relative(w), training=False))  # type: ignore[operator]
+    assert np.ptp(base[:, 2]) > 1e-4  # widths vary across windows: the check means something
+    for k in (0.25, 3.0, 8.0):  # also far outside anything training sees
+        scaled = np.asarray(model(relative(k * w), training=False))  # type: ignore[operator]
+        np.testing.assert_allclose(scaled, k * base, rtol=2e-4, atol=1e-7)
+    # mixed with the network, the width keeps at least (1 - mix) of that proportional part
+    set_mix(model, 0.6)
+    for k in (1.0, 8.0):
+        mixed = np.asarray(model(relative(k * w), training=False))  # type: ignore[operator]
+        assert np.all(np.diff(mixed, axis=1) >= 0)
+        width = mixed[:, 2] - mixed[:, 0]
+        assert np.all(width >= 0.4 * k * (base[:, 2] - base[:, 0]) * (1 - 1e-5))
+    set_mix(model, 0.5)
+
+
+def test_calibration_factors_scale_each_gap(model: object) -> None:
+    from models.cnn_bilstm import set_calibration
+
+    x = relative(windows(16))
+    before = np.asarray(model(x, training=False))  # type: ignore[operator]
+    set_calibration(model, 2.0, 0.5)
+    after = np.asarray(model(x, training=False))  # type: ignore[operator]
+    set_calibration(model, 1.0, 1.0)
+    np.testing.assert_allclose(after[:, 1], before[:, 1], rtol=1e-6)
+    np.testing.assert_allclose(
+        after[:, 1] - after[:, 0], 2.0 * (before[:, 1] - before[:, 0]), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        after[:, 2] - after[:, 1], 0.5 * (before[:, 2] - before[:, 1]), rtol=1e-5
+    )
+
+
+def test_conformal_factors_by_hand() -> None:
+    # median 0, both gaps 1: the scores are -y (lower) and y (upper)
+    y = np.arange(1.0, 20.0)  # 19 rows: k = ceil(20 * 0.9) = 18
+    q = np.tile([-1.0, 0.0, 1.0], (19, 1))
+    lower, upper = conformal_factors(q, -y)
+    assert lower == 18.0  # the 18th smallest of 1..19
+    _, upper = conformal_factors(q, y)
+    assert upper == 18.0
+    # gaps of 2: the factor counts gaps, so it halves
+    lower2, _ = conformal_factors(2 * q, -y)
+    assert lower2 == 9.0
+    # after scaling the gap by its factor, a tau share of rows (at most) falls beyond it
+    rng = np.random.default_rng(4)
+    yy = rng.normal(0, 1, 999)
+    lo, hi = conformal_factors(np.tile([-1.0, 0.0, 1.0], (999, 1)), yy)
+    assert np.mean(yy < -lo) <= 0.1 and np.mean(yy < -lo) >= 0.098
+    assert np.mean(yy > hi) <= 0.1 and np.mean(yy > hi) >= 0.098
