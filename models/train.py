@@ -72,6 +72,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--mix",
+        type=_mix_arg,
         default="auto",
         help="weight of the CNN-Bi-LSTM's quantiles against the volatility branch's (1 - mix) in"
         " the artifact; auto (default): the value in 0, 0.05, .., 1 with the lowest pinball loss"
@@ -91,6 +92,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="cqr (default): scale each tail's gap so that the validation rows see its nominal"
         " miss rate (conformalised quantile regression); none: leave the trained gaps",
     )
+
+
+def _mix_arg(text: str) -> str:
+    """`auto` or a number in [0, 1] (kept as text; run() reads it)."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return text
 
 
 def _progress_callback(epochs: int) -> Any:
