@@ -69,18 +69,24 @@ function init(args)
   wrk.headers["Content-Type"] = "application/json"
 end
 
+local prefix, last, prefix_uses = nil, 0, 0
+
 local function fresh_window()
-  -- a random walk around 1900 with a per-thread, per-request stamp in the last digits: never
-  -- the same window twice, so never a cache hit
+  -- 59 prices of a random walk (redrawn every 100 windows, so the generator's CPU stays small
+  -- beside the server's on the same cores), then a last price stamped with a per-thread counter
+  -- in its last digits: never the same window twice, so never a cache hit
   counter = counter + 1
-  local p = 1500 + 800 * math.random()
-  local parts = {}
-  for i = 1, 59 do
-    p = p * (1 + (math.random() - 0.5) * 0.02)
-    parts[i] = string.format("%%.4f", p)
+  if prefix == nil or prefix_uses >= 100 then
+    local p = 1500 + 800 * math.random()
+    local parts = {}
+    for i = 1, 59 do
+      p = p * (1 + (math.random() - 0.5) * 0.02)
+      parts[i] = string.format("%%.4f", p)
+    end
+    prefix, last, prefix_uses = '{"prices":[' .. table.concat(parts, ",") .. ",", p, 0
   end
-  parts[60] = string.format("%%.4f%%06d%%03d", p, counter %% 1000000, thread_id)
-  return '{"prices":[' .. table.concat(parts, ",") .. ']}'
+  prefix_uses = prefix_uses + 1
+  return prefix .. string.format("%%.4f%%06d%%03d", last, counter %% 1000000, thread_id) .. "]}"
 end
 
 function request()
@@ -170,25 +176,37 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> float:
     raise RuntimeError(f"tickcast serve not ready in 60 s:\n{log.read_text()}")
 
 
-def _model_calls(url: str) -> tuple[float, float]:
-    """(model calls, windows in them) so far, from the server's /metrics (one process's)."""
+def _counters(url: str) -> dict[str, float]:
+    """Model calls, windows in them, cache hits and misses so far, from the server's /metrics
+    (one process's)."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
         text = response.read().decode()
-    values = {}
+    wanted = {
+        "tickcast_api_inference_batch_size_count": "calls",
+        "tickcast_api_inference_batch_size_sum": "windows",
+        'tickcast_api_cache_requests_total{result="hit"}': "hits",
+        'tickcast_api_cache_requests_total{result="miss"}': "misses",
+    }
+    out = dict.fromkeys(wanted.values(), 0.0)
     for line in text.splitlines():
-        if line.startswith("tickcast_api_inference_batch_size_"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return (
-        values.get("tickcast_api_inference_batch_size_count", 0.0),
-        values.get("tickcast_api_inference_batch_size_sum", 0.0),
-    )
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            out[wanted[name]] = float(value)
+    return out
 
 
 def _wrk(
     wrk: str, url: str, script: Path, args: argparse.Namespace, server: list[int]
 ) -> dict[str, Any]:
-    calls0, rows0 = _model_calls(url)
+    # wrk stops with requests in flight, which the server finishes after it: wait for the last
+    # scenario's tail, so these counters are this scenario's alone
+    before = _counters(url)
+    for _ in range(50):
+        time.sleep(0.1)
+        now = _counters(url)
+        if now == before:
+            break
+        before = now
     cpu0 = _cpu_seconds(server)
     result = subprocess.run(
         [
@@ -207,7 +225,8 @@ def _wrk(
         check=False,
     )
     cpu = _cpu_seconds(server) - cpu0
-    calls1, rows1 = _model_calls(url)
+    after = _counters(url)
+    delta = {k: after[k] - before[k] for k in after}
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
         raise RuntimeError(f"wrk failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -225,7 +244,9 @@ def _wrk(
         "server_cpu_us_per_request": cpu / max(raw["requests"], 1) * 1e6,
         # windows per model call: how much the worker's batching of concurrent requests got
         # (with several server processes, one process's share)
-        "windows_per_model_call": (rows1 - rows0) / max(calls1 - calls0, 1),
+        "windows_per_model_call": delta["windows"] / max(delta["calls"], 1),
+        # the scenario's claim, checked: uncached must be 0, cached 1
+        "cache_hit_ratio": delta["hits"] / max(delta["hits"] + delta["misses"], 1),
     }
 
 
@@ -262,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
     from stream.service import delete_keys, redis_client
     from tools.localinfra import free_port
 
-    console = Console()
+    console = Console(width=max(Console().width, 110))
     wrk = _ensure_wrk()
     settings = config.load(args.config)
     # The artifact CURRENT names now, by its own folder: a new CURRENT during the run (a

@@ -31,8 +31,12 @@ def test_bench_http_smoke(tmp_path: Path, redis_url: str, monkeypatch: pytest.Mo
         assert 0 < scenario["p50_ms"] <= scenario["p95_ms"] <= scenario["p99_ms"], name
         assert scenario["server_cpu_us_per_request"] > 0, name
         assert scenario["windows_per_model_call"] >= 1 or name == "single cached", name
-    # the cached pool really is served from the cache: no model call at all
+    # the scenarios are what they say: the cached pool never reaches the model, new windows
+    # always do
     assert result["runs"]["single cached"][0]["windows_per_model_call"] == 0
+    assert result["runs"]["single cached"][0]["cache_hit_ratio"] == 1
+    assert result["runs"]["single uncached"][0]["cache_hit_ratio"] == 0
+    assert result["runs"]["batch of 10"][0]["cache_hit_ratio"] == 0
     assert set(result["model_only"]) == {"batch_1_windows_per_s", "batch_10_windows_per_s"}
     assert set(result["ratios"]) >= {
         "single_uncached_rps_vs_seeds",
