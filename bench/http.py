@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -208,6 +209,8 @@ def _wrk(
             break
         before = now
     cpu0 = _cpu_seconds(server)
+    # wrk's own CPU (the only child that finishes meanwhile): the generator shares the cores
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(
         [
             wrk,
@@ -225,6 +228,8 @@ def _wrk(
         check=False,
     )
     cpu = _cpu_seconds(server) - cpu0
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
     after = _counters(url)
     delta = {k: after[k] - before[k] for k in after}
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -242,6 +247,7 @@ def _wrk(
         "p99_ms": raw["p99_us"] / 1e3,
         "max_ms": raw["max_us"] / 1e3,
         "server_cpu_us_per_request": cpu / max(raw["requests"], 1) * 1e6,
+        "generator_cpu_us_per_request": wrk_cpu / max(raw["requests"], 1) * 1e6,
         # windows per model call: how much the worker's batching of concurrent requests got
         # (with several server processes, one process's share)
         "windows_per_model_call": delta["windows"] / max(delta["calls"], 1),
@@ -356,6 +362,7 @@ def run(args: argparse.Namespace) -> int:
                     f"  p99 {result['p99_ms']:6.2f} ms"
                     f"  server CPU {result['server_cpu_us_per_request']:5.0f} us/req"
                     f"  {result['windows_per_model_call']:5.1f} windows/model call"
+                    f"  wrk CPU {result['generator_cpu_us_per_request']:4.0f} us/req"
                 )
     finally:
         proc.terminate()

@@ -30,6 +30,7 @@ def test_bench_http_smoke(tmp_path: Path, redis_url: str, monkeypatch: pytest.Mo
         assert scenario["requests"] > 0, name
         assert 0 < scenario["p50_ms"] <= scenario["p95_ms"] <= scenario["p99_ms"], name
         assert scenario["server_cpu_us_per_request"] > 0, name
+        assert scenario["generator_cpu_us_per_request"] > 0, name
         assert scenario["windows_per_model_call"] >= 1 or name == "single cached", name
     # the scenarios are what they say: the cached pool never reaches the model, new windows
     # always do
