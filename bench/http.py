@@ -200,14 +200,18 @@ def _wrk(
     wrk: str, url: str, script: Path, args: argparse.Namespace, server: list[int]
 ) -> dict[str, Any]:
     # wrk stops with requests in flight, which the server finishes after it: wait for the last
-    # scenario's tail, so these counters are this scenario's alone
-    before = _counters(url)
-    for _ in range(50):
+    # scenario's tail, so these counters are this scenario's alone. With several server
+    # processes /metrics is whichever one answers: no counters then, and a fixed wait.
+    one_process = args.workers == 1
+    before = _counters(url) if one_process else {}
+    for _ in range(50 if one_process else 0):
         time.sleep(0.1)
         now = _counters(url)
         if now == before:
             break
         before = now
+    if not one_process:
+        time.sleep(1.0)
     cpu0 = _cpu_seconds(server)
     # wrk's own CPU (the only child that finishes meanwhile): the generator shares the cores
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -230,7 +234,7 @@ def _wrk(
     cpu = _cpu_seconds(server) - cpu0
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wrk_cpu = (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
-    after = _counters(url)
+    after = _counters(url) if one_process else {}
     delta = {k: after[k] - before[k] for k in after}
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
@@ -250,10 +254,16 @@ def _wrk(
         "generator_cpu_us_per_request": wrk_cpu / max(raw["requests"], 1) * 1e6,
         # windows per model call: how much the worker's batching of concurrent requests got
         # (with several server processes, one process's share)
-        "windows_per_model_call": delta["windows"] / max(delta["calls"], 1),
+        "windows_per_model_call": (delta["windows"] / max(delta["calls"], 1) if delta else None),
         # the scenario's claim, checked: uncached must be 0, cached 1
-        "cache_hit_ratio": delta["hits"] / max(delta["hits"] + delta["misses"], 1),
+        "cache_hit_ratio": (
+            delta["hits"] / max(delta["hits"] + delta["misses"], 1) if delta else None
+        ),
     }
+
+
+def _or_dash(value: float | None) -> str:
+    return "    -" if value is None else f"{value:5.1f}"
 
 
 def _model_ceiling(model: ModelSettings, batch: int) -> dict[str, float]:
@@ -361,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
                     f"  p50 {result['p50_ms']:6.2f}  p95 {result['p95_ms']:6.2f}"
                     f"  p99 {result['p99_ms']:6.2f} ms"
                     f"  server CPU {result['server_cpu_us_per_request']:5.0f} us/req"
-                    f"  {result['windows_per_model_call']:5.1f} windows/model call"
+                    f"  {_or_dash(result['windows_per_model_call'])} windows/model call"
                     f"  wrk CPU {result['generator_cpu_us_per_request']:4.0f} us/req"
                 )
     finally:
@@ -376,8 +386,9 @@ def run(args: argparse.Namespace) -> int:
         finally:
             client.close()
 
-    def median(values: list[float]) -> float:
-        return float(statistics.median(values))
+    def median(values: list[Any]) -> Any:
+        known = [v for v in values if v is not None]  # counters exist with one process only
+        return float(statistics.median(known)) if known else None
 
     summary: dict[str, Any] = {}
     for name, results in runs.items():
@@ -424,7 +435,7 @@ def run(args: argparse.Namespace) -> int:
             f"{s['p95_ms']:.2f}",
             f"{s['p99_ms']:.2f}",
             f"{s['server_cpu_us_per_request']:.0f}",
-            f"{s['windows_per_model_call']:.1f}",
+            _or_dash(s["windows_per_model_call"]).strip(),
         )
     console.print(table)
     console.print(
