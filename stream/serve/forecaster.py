@@ -19,6 +19,7 @@ stream.redisio; the ONNX session is never shared), so the event loop never block
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import queue
@@ -134,7 +135,6 @@ class Forecaster:
         self.predictor = predictor
         self.cache = cache
         self.metrics = metrics
-        self.window = predictor.window
         self._columns = quantile_columns(predictor.quantiles)
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="tickcast-serve-model", daemon=True)
@@ -216,7 +216,9 @@ class Forecaster:
             for j in jobs:
                 by_loop.setdefault(j.loop, []).append(j)
             for loop, its_jobs in by_loop.items():
-                loop.call_soon_threadsafe(_hand_back, its_jobs, failed)
+                # RuntimeError: that loop has closed (shutting down), nobody waits any more
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_hand_back, its_jobs, failed)
             if stop:
                 return
             self._between_batches()
@@ -229,7 +231,7 @@ class Forecaster:
 
     def run_batch(self, jobs: Sequence[Job]) -> None:
         """One cache lookup, one model call and one cache fill for all windows of `jobs`; fills
-        each job's `results`. Called on the worker thread (and directly by tests)."""
+        each job's `results`. Called on the worker thread."""
         predictor = self.predictor
         version = predictor.version
         horizon = predictor.horizon
