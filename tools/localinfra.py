@@ -435,6 +435,11 @@ def ensure_amtool() -> str:
     return _ensure_debian_package("amtool", "prometheus-alertmanager", "")
 
 
+def ensure_wrk() -> str:
+    """wrk, the HTTP load generator of `tickcast bench http`, from Debian's package."""
+    return _ensure_debian_package("wrk", "wrk", "")
+
+
 # ---------------------------------------------------------------- Redis
 
 
@@ -844,7 +849,7 @@ def run(args: argparse.Namespace) -> int:
         down()
         return 0
     if args.action == "tools":
-        for path in (*ensure_prometheus(), ensure_amtool()):
+        for path in (*ensure_prometheus(), ensure_amtool(), ensure_wrk()):
             print(path)
         return 0
     return 0 if status() else 1
