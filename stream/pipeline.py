@@ -40,7 +40,7 @@ from stream.contracts import (
     decode_batch,
 )
 from stream.errors import ModelError
-from stream.scoring import previous_window, score
+from stream.scoring import Scorer, previous_window
 
 log = logging.getLogger(__name__)
 
@@ -274,26 +274,37 @@ class Pipeline:
             # Its output is this batch's own when the batch holds it, or the batch's before
             # (in memory, see `compute`), else the cache's (looked up in the same round trip),
             # else computed in the batch's model call.
-            befores = [previous_window(w) for w in windows]
-            scored = [p for p in befores if p is not None]
-            before_digests = iter(window_digests(scored, horizon))
+            # A symbol's windows appended in one batch end at consecutive entries of its series,
+            # so the window before each but its first is the one before it in the batch: only
+            # the first (and replayed ones) need the window built and hashed.
+            previous: list[str | None] = [None] * len(windows)
+            last_appended: dict[str, str] = {}
+            build: list[tuple[int, F64Array]] = []
+            for i, (d, w) in enumerate(zip(digests, windows, strict=True)):
+                if not w.replayed:
+                    before_d = last_appended.get(w.tick.symbol)
+                    last_appended[w.tick.symbol] = d
+                    if before_d is not None:
+                        previous[i] = before_d
+                        continue
+                prev = previous_window(w)
+                if prev is not None:
+                    build.append((i, prev))
             own = set(distinct)
             prior_has: frozenset[str] = frozenset()
             if prior is not None and prior.predictor.version == predictor.version:
                 prepared.prior = prior.handoff
                 prior_has = prior.handoff.known
-            for prev in befores:
-                if prev is None:
-                    prepared.previous.append(None)
-                    continue
-                d = next(before_digests)
-                prepared.previous.append(d)
+            built = window_digests([prev for _, prev in build], horizon)
+            for (i, prev), d in zip(build, built, strict=True):
+                previous[i] = d
                 if d in own or d in prepared.extra or d in prepared.deferred:
                     continue
                 if d in prior_has:
                     prepared.deferred[d] = prev
                 else:
                     prepared.extra[d] = prev
+            prepared.previous = previous
             lookups += prepared.extra
             prepared.handoff = Handoff(
                 frozenset({*distinct, *prepared.extra, *prepared.deferred}), prepared.outputs
@@ -442,30 +453,31 @@ class Pipeline:
         if not prepared.previous:
             return []
         predictor = prepared.predictor
-        quantiles = list(predictor.quantiles)
-        horizon = predictor.horizon
-        interval = float(predictor.interval)
-        version = predictor.version
+        judge = Scorer(
+            predictor.quantiles,
+            prepared.quantile_columns,
+            predictor.horizon,
+            predictor.interval,
+            predictor.version,
+        ).score
         outputs = prepared.outputs
+        topic = self.source_topic
         scores = []
         for d, w in zip(prepared.previous, prepared.windows, strict=True):
-            row = None if d is None else outputs.get(d)
-            if d is None or row is None:
+            if d is None:
+                continue
+            row = outputs.get(d)
+            if row is None:
                 continue
             tick = w.tick
-            s = score(
-                row=row,
-                quantiles=quantiles,
-                columns=prepared.quantile_columns,
-                last_price=float(w.prices[-2]),
-                actual=tick.price,
-                symbol=tick.symbol,
-                ts=tick.ts,
-                horizon=horizon,
-                interval=interval,
-                model_version=version,
-                window_hash=d,
-                source=Source(self.source_topic, tick.partition, tick.offset),
+            s = judge(
+                row,
+                float(w.prices[-2]),
+                tick.price,
+                tick.symbol,
+                tick.ts,
+                d,
+                Source(topic, tick.partition, tick.offset),
             )
             if s is not None:
                 scores.append(s)

@@ -53,6 +53,75 @@ def pinball_loss(
     return total / len(quantiles)
 
 
+class Scorer:
+    """Scores for one model (its quantiles, interval, version), one forecast at a time; the
+    pipeline's hot path, so positional and free of numpy per element (a row is `tolist`ed once)."""
+
+    __slots__ = ("_columns", "_horizon", "_interval", "_quantiles", "_version")
+
+    def __init__(
+        self,
+        quantiles: Sequence[float],
+        columns: tuple[int, int, int],
+        horizon: int,
+        interval: float,
+        model_version: str,
+    ) -> None:
+        self._quantiles = tuple((float(q), float(q) - 1.0) for q in quantiles)
+        self._columns = columns
+        self._horizon = horizon
+        self._interval = float(interval)
+        self._version = model_version
+
+    def score(
+        self,
+        row: F64Array,
+        last_price: float,
+        actual: float,
+        symbol: str,
+        ts: int,
+        window_hash: str,
+        source: Source,
+    ) -> Score | None:
+        """The score of the forecast `row` (log-return quantiles) made from a window ending at
+        `last_price`, against the outcome `actual`; None when the forecast was not finite (it
+        was never published either)."""
+        exp = math.exp
+        try:
+            # as the pipeline computes a published forecast's prices, so the numbers are equal
+            prices = [last_price * exp(r) for r in row.tolist()]
+        except OverflowError:
+            return None
+        total = 0.0
+        for (q, q1), yq in zip(self._quantiles, prices, strict=True):
+            if not math.isfinite(yq):
+                return None
+            diff = actual - yq
+            total += q * diff if diff >= 0.0 else q1 * diff
+        lo_i, mid_i, hi_i = self._columns
+        price, lower, upper = prices[mid_i], prices[lo_i], prices[hi_i]
+        error = actual - price
+        return Score(
+            symbol,
+            ts,
+            self._horizon,
+            self._version,
+            window_hash,
+            price,
+            lower,
+            upper,
+            self._interval,
+            last_price,
+            actual,
+            abs(error),
+            error * error,
+            abs(actual - last_price),
+            total / len(prices),
+            lower <= actual <= upper,
+            source,
+        )
+
+
 def score(
     *,
     row: F64Array,
@@ -68,34 +137,6 @@ def score(
     window_hash: str,
     source: Source,
 ) -> Score | None:
-    """The score of the forecast `row` (log-return quantiles, `columns` = lower, median, upper)
-    made from a window ending at `last_price`, against the outcome `actual`; None when the
-    forecast was not finite (it was never published either)."""
-    try:
-        prices = [last_price * math.exp(float(r)) for r in row]
-    except OverflowError:
-        return None
-    if not all(math.isfinite(p) for p in prices):
-        return None
-    lo_i, mid_i, hi_i = columns
-    price, lower, upper = prices[mid_i], prices[lo_i], prices[hi_i]
-    error = actual - price
-    return Score(
-        symbol=symbol,
-        ts=ts,
-        horizon=horizon,
-        model_version=model_version,
-        window_hash=window_hash,
-        price=price,
-        lower=lower,
-        upper=upper,
-        interval=interval,
-        last_price=last_price,
-        actual=actual,
-        abs_error=abs(error),
-        squared_error=error * error,
-        persistence_abs_error=abs(actual - last_price),
-        pinball_loss=pinball_loss(actual, prices, quantiles),
-        hit=lower <= actual <= upper,
-        source=source,
-    )
+    """`Scorer.score` for one forecast, every argument named."""
+    scorer = Scorer(quantiles, columns, horizon, interval, model_version)
+    return scorer.score(row, last_price, actual, symbol, ts, window_hash, source)
