@@ -9,7 +9,9 @@ scoring state of its own, nothing to keep consistent with the windows, and the v
 every redelivery, after a restart, under either delivery guarantee. The pipeline looks W_{t-1}'s
 output up among its own batch's outputs, then in the cache in the round trip the batch's replay
 lookups make anyway, and computes the rare miss (a symbol quieter than the cache TTL) in the
-batch's model call.
+batch's model call. The model is the batch's: right after a hot reload, a symbol's first tick
+scores the new model's output for the window before, not the old model's published forecast (a
+score is always of the version it is labelled with).
 
 Errors are in price units, from the very numbers the published forecast carries (`last x
 exp(log-return quantile)`, computed as the pipeline computes them): absolute and squared error of
