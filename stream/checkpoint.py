@@ -86,6 +86,8 @@ class Topics:
     dead_letter: str
     #: live scores (topics.scores); empty: not published
     scores: str = ""
+    #: the challenger's forecasts (topics.shadow); empty: only scored
+    shadow: str = ""
 
 
 class Checkpoint(ABC):
@@ -180,16 +182,26 @@ class Checkpoint(ABC):
     # ------------------------------------------------------------ shared steps
 
     def _produce(self, batch: Batch, output: BatchResult) -> None:
-        """Produce a batch's forecasts, scores and dead letters, each counted on its latch."""
+        """Produce a batch's forecasts, the challenger's (to its own topic, never the main
+        one), scores and dead letters, each counted on its latch."""
         latch = batch.latch
         sink = self.sink
         topic = self.topics.forecasts
         encode = self.encode_forecast
         scores = output.scores if self.topics.scores else []
-        latch.sent(len(output.forecasts) + len(scores) + len(output.dead_letters))
+        shadow = output.shadow if self.topics.shadow else []
+        latch.sent(len(output.forecasts) + len(shadow) + len(scores) + len(output.dead_letters))
         for f in output.forecasts:
             sink.produce(
                 topic, f.symbol.encode(), encode(f), forecast_headers(f), latch.on_delivery
+            )
+        for f in shadow:
+            sink.produce(
+                self.topics.shadow,
+                f.symbol.encode(),
+                encode(f),
+                forecast_headers(f),
+                latch.on_delivery,
             )
         for s in scores:
             sink.produce(

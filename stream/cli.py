@@ -24,6 +24,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "publish a CSV of prices (default: the gold series) as ticks",
     ),
     "tail": ("stream.commands.tail", "print forecasts as they arrive"),
+    "models": (
+        "stream.commands.models",
+        "the artifacts, which is served and which is the challenger, with their live scores",
+    ),
+    "promote": ("stream.commands.promote", "make the challenger (or a version) the served model"),
     "schemas": (
         "stream.commands.schemas",
         "register the tick and forecast schemas with the Schema Registry (format.kind)",

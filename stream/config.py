@@ -350,6 +350,8 @@ class TopicsSettings(_Section):
     #: Live scores (one JSON message per scored forecast, key = symbol, produced with the
     #: forecasts, so in the same transaction under exactly-once); empty: not published.
     scores: str = ""
+    #: The challenger's forecasts (model.challenger); empty: the challenger is only scored.
+    shadow: str = ""
     #: Used when tickcast creates the topics (demo, replay); existing topics are left alone.
     partitions: int = Field(default=6, ge=1, le=1024)
 
@@ -451,6 +453,10 @@ class ScoringSettings(_Section):
 class ModelSettings(_Section):
     #: The artifact folder; empty means the shipped models/artifacts/CURRENT.
     path: str = ""
+    #: A second artifact run on the same windows in the same batch: an artifact folder, or a
+    #: version in model.path's folder of artifacts. Its forecasts go to topics.shadow (or are
+    #: only scored), never to topics.forecasts; `tickcast promote` makes it CURRENT.
+    challenger: str = ""
     backend: Literal["onnx", "tensorflow"] = "onnx"
     horizon: int = Field(default=1, ge=1)
     intra_op_threads: int = Field(default=1, ge=1, le=64)

@@ -104,7 +104,10 @@ class BatchResult:
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     inference_batch_size: int = 0
     #: the forecasts made from the windows before this batch's windows, judged by their outcome
+    #: (the challenger's too, under its model_version)
     scores: list[Score] = field(default_factory=list)
+    #: the challenger's forecasts of the same windows (topics.shadow; never the main topic)
+    shadow: list[Forecast] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -150,6 +153,8 @@ class Prepared:
     #: what the next batch may take from this one, and what this one takes from the one before
     handoff: Handoff = field(default_factory=lambda: Handoff())
     prior: Handoff | None = None
+    #: the challenger's pass over the same windows (None: no challenger)
+    shadow: Prepared | None = None
 
 
 class Pipeline:
@@ -185,10 +190,13 @@ class Pipeline:
         self._last: Prepared | None = None
         #: a registry format's tick decoder (stream/formats.py); None: JSON
         self.parse_tick: Callable[[bytes], Any] | None = None
+        #: model.challenger: a second model run on the same windows in the same batch, its
+        #: forecasts shadowed (BatchResult.shadow) and scored, never published as forecasts
+        self.challenger: PredictorLike | None = None
 
-    def _quantile_indices(self) -> tuple[int, int, int]:
+    def _quantile_indices(self, predictor: PredictorLike | None = None) -> tuple[int, int, int]:
         """(lower, median, upper) columns of the model's outputs; read per batch (hot reload)."""
-        qs = list(self.predictor.quantiles)
+        qs = list((predictor or self.predictor).quantiles)
         medians = [i for i, q in enumerate(qs) if abs(q - 0.5) < 1e-9]
         if not medians or any(a >= b for a, b in itertools.pairwise(qs)):
             raise ModelError(f"model quantiles {qs} must be ascending and include 0.5")
@@ -321,7 +329,52 @@ class Pipeline:
         prepared.lookups = len(lookups)
         prepared.misses = [d for d in distinct if d not in prepared.outputs]
         prepared.misses += [d for d in prepared.extra if d not in prepared.outputs]
+        challenger = self.challenger
+        if challenger is not None and challenger.version != predictor.version:
+            prepared.shadow = self._shadow(prepared, challenger, replayed)
         return prepared
+
+    def _shadow(
+        self, prepared: Prepared, challenger: PredictorLike, replayed: set[str]
+    ) -> Prepared:
+        """The challenger's pass over the champion's windows: the same digests (and windows
+        before, for its own scores), its own cache lookup under its version (one call), its own
+        model call in `compute`. Nothing is handed over between batches: a window before that
+        the previous batch's challenger pass has not cached yet is computed again (the output
+        of a window does not depend on its batch)."""
+        t0 = time.perf_counter()
+        shadow = Prepared(
+            predictor=challenger,
+            quantile_columns=self._quantile_indices(challenger),
+            windows=prepared.windows,
+            dead_letters=[],
+            counts={},
+            stages=dict.fromkeys(STAGES, 0.0),
+        )
+        if challenger.horizon == prepared.predictor.horizon:
+            shadow.digests = prepared.digests
+            shadow.previous = prepared.previous
+            shadow.extra = {**prepared.extra, **prepared.deferred}
+        else:  # another horizon hashes differently and is not scored against the next tick
+            shadow.digests = window_digests(
+                [w.prices for w in prepared.windows], challenger.horizon
+            )
+            replayed = {
+                d for d, w in zip(shadow.digests, prepared.windows, strict=True) if w.replayed
+            }
+        distinct = list(dict.fromkeys(shadow.digests))
+        lookups = [d for d in distinct if d in replayed] + list(shadow.extra)
+        cached = self.cache.get_many(lookups, challenger.version) if lookups else []
+        n_q = len(challenger.quantiles)
+        for d, hit in zip(lookups, cached, strict=True):
+            if hit is not None and hit.shape == (n_q,):
+                shadow.outputs[d] = hit
+                shadow.from_cache.add(d)
+        shadow.lookups = len(lookups)
+        shadow.misses = [d for d in distinct if d not in shadow.outputs]
+        shadow.misses += [d for d in shadow.extra if d not in shadow.outputs]
+        prepared.stages["cache"] += time.perf_counter() - t0
+        return shadow
 
     def compute(self, prepared: Prepared) -> None:
         """One model call for the distinct windows the cache did not have. Touches no Redis and
@@ -342,6 +395,9 @@ class Pipeline:
                 prepared.extra[d] = prev
                 prepared.misses.append(d)
         prepared.deferred = {}
+        if prepared.shadow is not None:
+            self.compute(prepared.shadow)
+            prepared.stages["inference"] += prepared.shadow.stages["inference"]
         misses = prepared.misses
         if not misses:
             done.computed = True
@@ -356,7 +412,7 @@ class Pipeline:
         n_q = len(prepared.predictor.quantiles)
         t0 = time.perf_counter()
         result = prepared.predictor.predict_batch(matrix)
-        prepared.stages["inference"] = time.perf_counter() - t0
+        prepared.stages["inference"] += time.perf_counter() - t0
         if result.shape != (len(misses), n_q):
             raise ModelError(
                 f"model returned shape {result.shape} for {len(misses)} windows,"
@@ -375,6 +431,8 @@ class Pipeline:
         """Cache what `compute` produced (one Redis call), before anything is published: a
         replay then gets the very same numbers, which a recomputation in another batch need not
         give (the last bits of a float32 model depend on the batch it ran in)."""
+        if prepared.shadow is not None:
+            self.fill(prepared.shadow)
         if prepared.filled or not prepared.fills:
             return
         t0 = time.perf_counter()
@@ -435,11 +493,18 @@ class Pipeline:
                 tick.offset,
                 version,
             )
+        scores = self._scores(prepared)
+        shadow: list[Forecast] = []
+        if prepared.shadow is not None:
+            challenged = self.finish(prepared.shadow)
+            shadow = challenged.forecasts
+            scores += challenged.scores
         return BatchResult(
             forecasts,
             prepared.dead_letters,
             prepared.counts,
-            scores=self._scores(prepared),
+            scores=scores,
+            shadow=shadow,
             cache_hits=len(from_cache),
             cache_misses=prepared.lookups - len(from_cache),
             non_finite=non_finite,

@@ -132,6 +132,40 @@ def resolve_artifact(path: str | Path = "") -> Path:
     return folder
 
 
+def artifacts_dir(model: ModelSettings) -> Path:
+    """The folder of artifacts whose CURRENT names the served one: model.path when it holds a
+    CURRENT file, else the shipped models/artifacts (a model.path naming one artifact: its
+    parent)."""
+    if not model.path:
+        return shipped_artifacts_dir()
+    path = Path(model.path)
+    return path if (path / "CURRENT").is_file() else path.parent
+
+
+def challenger_dir(model: ModelSettings) -> Path | None:
+    """model.challenger's artifact folder (a folder, or a version in the folder of artifacts);
+    None when no challenger is configured."""
+    if not model.challenger:
+        return None
+    folder = Path(model.challenger)
+    if not (folder / MANIFEST).is_file():
+        folder = artifacts_dir(model) / model.challenger
+    if not (folder / MANIFEST).is_file():
+        raise ModelError(
+            f"model.challenger {model.challenger!r}: no artifact there, nor a version of that"
+            f" name in {artifacts_dir(model)}"
+        )
+    return folder
+
+
+def load_challenger(model: ModelSettings, window_size: int) -> Predictor | None:
+    """The challenger's predictor (same backend and checks as the champion's), if configured."""
+    folder = challenger_dir(model)
+    if folder is None:
+        return None
+    return load_predictor(model.model_copy(update={"path": str(folder)}), window_size)
+
+
 def read_manifest(folder: Path) -> Manifest:
     path = folder / MANIFEST
     try:

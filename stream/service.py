@@ -34,7 +34,7 @@ from stream.kafka import (
 )
 from stream.metrics import Health, Metrics, serve
 from stream.pipeline import Pipeline
-from stream.predictor import Predictor, load_predictor
+from stream.predictor import Predictor, load_challenger, load_predictor
 from stream.rebuild import Rebuilder
 from stream.redisio import Commands
 from stream.reload import ModelReloader
@@ -139,7 +139,10 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     ensure_topics(
         settings,
         [settings.topics.ticks, settings.topics.forecasts, settings.topics.dead_letter]
-        + ([settings.topics.scores] if settings.topics.scores else []),
+        + ([settings.topics.scores] if settings.topics.scores else [])
+        + (
+            [settings.topics.shadow] if settings.topics.shadow and settings.model.challenger else []
+        ),
     )
     store = WindowStore(
         client,
@@ -169,6 +172,13 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         scoring=settings.scoring.enabled,
     )
     metrics.scores.symbols = frozenset(settings.scoring.symbols)
+    pipeline.challenger = load_challenger(settings.model, settings.window.size)
+    if pipeline.challenger is not None:
+        log.info(
+            "challenger model=%s forecasts=%s",
+            pipeline.challenger.version,
+            settings.topics.shadow or "(scored only)",
+        )
     exactly_once = settings.processing.guarantee == "exactly-once"
     processing = settings.processing
     source = Source(
@@ -182,7 +192,12 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
         }
     )
     end_offsets = EndOffsets({**settings.kafka.librdkafka_common(), **events.config("lag")})
-    topics = Topics(settings.topics.forecasts, settings.topics.dead_letter, settings.topics.scores)
+    topics = Topics(
+        settings.topics.forecasts,
+        settings.topics.dead_letter,
+        settings.topics.scores,
+        settings.topics.shadow,
+    )
     checkpoint: Checkpoint = (
         Transactional(source, sink, topics)
         if exactly_once
