@@ -59,6 +59,9 @@ def test_scores_are_the_forecasts_judged_by_the_next_tick_across_a_sigkill(  # t
     while first.metric("tickcast_scored_total") < len(expected) // 4:
         assert time.monotonic() < deadline, "no scores"
         time.sleep(0.05)
+    # (its series, read the moment before the kill: the restarted instance scores only what was
+    # left, which under exactly-once may hold none of XAU's ticks)
+    named_before = first.metric_samples("tickcast_scored_total")
     first.signal(signal.SIGKILL)
     first.wait(10)
     second = setup(**overrides)
@@ -102,7 +105,7 @@ def test_scores_are_the_forecasts_judged_by_the_next_tick_across_a_sigkill(  # t
         assert s.actual == actual == published[(symbol, ts)].last_price
         assert s.source == published[(symbol, ts)].source
         assert s.abs_error == abs(actual - f.price)
-        assert s.squared_error == (actual - f.price) ** 2
+        assert s.squared_error == (actual - f.price) * (actual - f.price)  # e * e, not x ** 2
         assert s.persistence_abs_error == abs(actual - f.last_price)
         pinball = sum(
             max(q * (actual - y), (q - 1) * (actual - y))
@@ -111,8 +114,8 @@ def test_scores_are_the_forecasts_judged_by_the_next_tick_across_a_sigkill(  # t
         assert s.pinball_loss == pytest.approx(pinball / 3, rel=1e-12)
         assert s.hit == (f.lower <= actual <= f.upper)
 
-    # the restarted instance's metrics: XAU on its own, the other symbols summed
-    named = second.metric_samples("tickcast_scored_total")
+    # the two instances' metrics: XAU on its own, the other symbols summed
+    named = {**named_before, **second.metric_samples("tickcast_scored_total")}
     assert any('symbol="XAU"' in k for k in named) and any('symbol="_other"' in k for k in named)
     assert not any('symbol="XAU.001"' in k for k in named)
     hits = second.metric("tickcast_score_interval_hits_total")
