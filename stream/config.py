@@ -549,6 +549,25 @@ class Settings(BaseSettings):
     format: FormatSettings = FormatSettings()
 
     @model_validator(mode="after")
+    def _output_topics_are_distinct(self) -> Settings:
+        # A shadow or scores topic equal to another would put the challenger's forecasts on
+        # the main topic, or feed forecasts (which decode as ticks) back into the input.
+        t = self.topics
+        named = [("topics.ticks", t.ticks), ("topics.forecasts", t.forecasts)]
+        named += [("topics.dead_letter", t.dead_letter)]
+        named += [
+            (k, v) for k, v in (("topics.scores", t.scores), ("topics.shadow", t.shadow)) if v
+        ]
+        seen: dict[str, str] = {}
+        for key, topic in named:
+            if topic in seen:
+                raise ValueError(
+                    f"{key} and {seen[topic]} are both {topic!r}: each needs its own topic"
+                )
+            seen[topic] = key
+        return self
+
+    @model_validator(mode="after")
     def _history_covers_uncommitted_span(self) -> Settings:
         # After a crash, every delivered-but-uncommitted tick (fewer than max_batch) and every
         # in-flight batch is redelivered; a redelivered tick must still find its window in the

@@ -193,6 +193,8 @@ class Pipeline:
         #: model.challenger: a second model run on the same windows in the same batch, its
         #: forecasts shadowed (BatchResult.shadow) and scored, never published as forecasts
         self.challenger: PredictorLike | None = None
+        #: called with the challenger's version when its pass fails (the errors metric)
+        self.on_challenger_error: Callable[[str], None] = lambda version: None
 
     def _quantile_indices(self, predictor: PredictorLike | None = None) -> tuple[int, int, int]:
         """(lower, median, upper) columns of the model's outputs; read per batch (hot reload)."""
@@ -396,8 +398,18 @@ class Pipeline:
                 prepared.misses.append(d)
         prepared.deferred = {}
         if prepared.shadow is not None:
-            self.compute(prepared.shadow)
-            prepared.stages["inference"] += prepared.shadow.stages["inference"]
+            # The challenger never stands in the champion's way: a failure of its model call
+            # costs only this batch's shadow (logged and counted), and its time is its own.
+            try:
+                self.compute(prepared.shadow)
+            except Exception as exc:
+                log.error(
+                    "challenger failed, batch not shadowed model_version=%s: %s",
+                    prepared.shadow.predictor.version,
+                    exc,
+                )
+                self.on_challenger_error(prepared.shadow.predictor.version)
+                prepared.shadow = None
         misses = prepared.misses
         if not misses:
             done.computed = True

@@ -163,7 +163,16 @@ def load_challenger(model: ModelSettings, window_size: int) -> Predictor | None:
     folder = challenger_dir(model)
     if folder is None:
         return None
-    return load_predictor(model.model_copy(update={"path": str(folder)}), window_size)
+    predictor = load_predictor(model.model_copy(update={"path": str(folder)}), window_size)
+    # One call now, so an artifact whose outputs do not match its manifest fails at start,
+    # not on the first batch (where it would only cost the shadow, but silently).
+    out = predictor.predict_batch(np.full((1, window_size), 100.0))
+    if out.shape != (1, len(predictor.quantiles)):
+        raise ModelError(
+            f"model.challenger {predictor.version}: outputs of shape {out.shape} where its"
+            f" manifest lists {len(predictor.quantiles)} quantiles"
+        )
+    return predictor
 
 
 def read_manifest(folder: Path) -> Manifest:

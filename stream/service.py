@@ -173,6 +173,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None) -> Serv
     )
     metrics.scores.symbols = frozenset(settings.scoring.symbols)
     pipeline.challenger = load_challenger(settings.model, settings.window.size)
+    pipeline.on_challenger_error = metrics.record_inference_error
     if pipeline.challenger is not None:
         log.info(
             "challenger model=%s forecasts=%s",

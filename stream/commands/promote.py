@@ -35,6 +35,14 @@ def run(args: argparse.Namespace) -> int:
 
     settings = config.load(args.config)
     folder_of_artifacts = artifacts_dir(settings.model)
+    if settings.model.path and not (Path(settings.model.path) / "CURRENT").is_file():
+        # Services pinned to one artifact follow no CURRENT: rewriting one would change the
+        # model of every service that does follow it, and none of these.
+        raise ConfigError(
+            f"config error: model.path {settings.model.path} names one artifact, not a folder of"
+            " artifacts with a CURRENT file; promote changes CURRENT, which such services do not"
+            " follow: point model.path at the folder (or change model.path itself)"
+        )
     if args.version:
         chosen = folder_of_artifacts / args.version
         if not (chosen / MANIFEST).is_file():

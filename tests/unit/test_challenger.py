@@ -5,20 +5,27 @@ champion, under its own model_version. And `tickcast models` reads live scores o
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from stream import config
 from stream.checkpoint import AtLeastOnce, Topics
 from stream.commands.models import live_scores
+from stream.errors import ConfigError, ModelError
 from stream.metrics import Metrics
 from stream.pipeline import BatchResult, Pipeline
 from tests.fakes import FakeModel, FakeSink, FakeSource, FakeStore
 from tests.unit.test_scoring import MAX, feed
 
 F64 = np.ndarray
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Challenger(FakeModel):
@@ -152,3 +159,44 @@ def test_models_reads_live_scores_per_version_off_the_metrics_page() -> None:
         )
         assert row["coverage"] == pytest.approx(sum(s.hit for s in mine) / len(mine))
         assert row["interval"] == 0.8
+
+
+class Broken(Challenger):
+    def predict_batch(self, windows: F64) -> F64:
+        raise ModelError("onnxruntime: the challenger's graph failed")
+
+
+def test_a_failing_challenger_costs_only_its_shadow_never_the_champions_forecasts() -> None:
+    champion = FakeModel()
+    p = pipeline(FakeStore(before=True), VersionedCache(), champion, Broken())
+    failed: list[str] = []
+    p.on_challenger_error = failed.append
+    result = p.process(feed(6), MAX)
+    assert len(result.forecasts) == 4 and result.shadow == []
+    assert {s.model_version for s in result.scores} == {"m1"}
+    assert failed == ["m2"]
+
+
+@pytest.mark.parametrize("topic", ["forecasts", "ticks", "ticks.dlq"])
+def test_a_shadow_topic_that_is_another_topic_is_a_config_error(topic: str) -> None:
+    with pytest.raises(ConfigError, match=r"topics\.shadow and topics\.\w+ are both"):
+        config.load(None, environ={"TICKCAST_TOPICS__SHADOW": topic})
+    with pytest.raises(ConfigError, match=r"topics\.scores and topics\.\w+ are both"):
+        config.load(None, environ={"TICKCAST_TOPICS__SCORES": topic})
+
+
+def test_promote_refuses_a_service_pinned_to_one_artifact(tmp_path: Path) -> None:
+    pinned = tmp_path / "artifacts" / "v1"
+    pinned.mkdir(parents=True)
+    (tmp_path / "artifacts" / "CURRENT").write_text("v1\n")
+    env = {**os.environ, "TICKCAST_MODEL__PATH": str(pinned), "TICKCAST_MODEL__CHALLENGER": "v2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "promote"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and "names one artifact" in proc.stderr, proc.stderr
+    assert (tmp_path / "artifacts" / "CURRENT").read_text() == "v1\n"  # untouched
