@@ -499,7 +499,8 @@ class ServeSettings(_Section):
     #: windows in one POST /v1/predict/batch at most (one model call for all of them)
     max_batch_windows: int = Field(default=1000, ge=1, le=100_000)
     #: a request body longer than this is refused with 413 before it is parsed
-    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=67_108_864)
+    # 2 MiB: room for serve.max_batch_windows (1,000) windows of 60 full-precision prices (~1.1 MB)
+    max_body_bytes: int = Field(default=2_097_152, ge=1024, le=67_108_864)
     #: server processes (each loads the model once); 0: one per CPU
     workers: int = Field(default=1, ge=0, le=64)
 

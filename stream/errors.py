@@ -75,6 +75,12 @@ class StoreUnavailable(TickcastError):
     """Redis could not be reached or timed out during a batch."""
 
 
+class RegistryUnavailable(StoreUnavailable):
+    """The Schema Registry could not answer (not a fault of the message being decoded). A kind
+    of StoreUnavailable: the loop retries the batch with backoff and reports not-ready, as for
+    Redis; nothing is committed past it."""
+
+
 class StateLost(TickcastError):
     """Redis no longer holds the window state of `partitions`: a marker the store wrote or read
     is gone. Raised by `WindowStore.append_batch` before the batch changed anything on the node

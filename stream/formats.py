@@ -8,12 +8,16 @@ checked by exactly the rules a JSON tick is (symbol, price, ts, key, future), so
 dead-lettered with the same reasons, plus three of its own:
 
 - `no_schema_id`: the value does not start with the wire form's zero byte and schema id;
-- `unknown_schema`: the registry has no schema with that id (404);
+- `unknown_schema`: the registry has no schema with that id (its own 404), or one of another
+  format;
+- `unsupported_schema`: an Avro writer schema that is recursive or nested deeper than
+  AVRO_MAX_DEPTH (fastavro's compiled reader would recurse in C and crash the process);
 - `bad_encoding`: the record does not decode under its schema.
 
-A registry that cannot be reached is not the message's fault: RegistryUnavailable is raised
-instead, and nothing past the batch is committed. Schemas are fetched once per id and cached by
-the client, so a running service asks the registry only for a writer schema it has not seen.
+A registry that cannot answer is not the message's fault: RegistryUnavailable (a
+StoreUnavailable) is raised instead; the loop retries the batch with backoff, reports not-ready,
+and commits nothing past it. Writer schemas are fetched and judged once per id (and cached by
+the client), so a running service asks the registry only for a writer schema it has not seen.
 
 The schemas ship in stream/schemas/ and are registered under the topics' subjects
 (`<topic>-value`, the default TopicNameStrategy) by `tickcast schemas register`, or at start when
@@ -23,6 +27,9 @@ The schemas ship in stream/schemas/ and are registered under the topics' subject
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import decimal
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,13 +43,9 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from stream.config import FormatSettings
 from stream.contracts import Forecast, Undecodable
-from stream.errors import ConfigError, TickcastError
+from stream.errors import ConfigError, RegistryUnavailable
 
 _SCHEMAS = files("stream") / "schemas"
-
-
-class RegistryUnavailable(TickcastError):
-    """The Schema Registry could not answer (not a fault of the message being decoded)."""
 
 
 def schema_text(kind: str, record: str) -> str:
@@ -100,6 +103,42 @@ def proto_classes() -> dict[str, Any]:
     }
 
 
+#: Avro nesting a tick's writer schema may have: fastavro's compiled reader recurses in C per
+#: level, and a recursive schema with a deep record crashed the process (SIGSEGV), not a
+#: catchable error; a tick needs two or three levels.
+AVRO_MAX_DEPTH = 16
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _unsafe_avro(schema_str: str) -> str:
+    """Why an Avro writer schema is refused ("" if it is fine): recursive, or nested too deep."""
+    try:
+        schema = json.loads(schema_str)
+    except ValueError:
+        return "not valid JSON"
+
+    def walk(node: Any, depth: int, open_names: frozenset[str]) -> str:
+        if depth > AVRO_MAX_DEPTH:
+            return f"nested deeper than {AVRO_MAX_DEPTH} levels"
+        if isinstance(node, str):
+            return f"recursive (type {node} within itself)" if node in open_names else ""
+        if isinstance(node, list):  # a union
+            return next((w for w in (walk(n, depth + 1, open_names) for n in node) if w), "")
+        if not isinstance(node, dict):
+            return ""
+        name = node.get("name")
+        if isinstance(name, str) and node.get("type") in ("record", "error", "enum", "fixed"):
+            namespace = node.get("namespace")
+            open_names = open_names | {name} | ({f"{namespace}.{name}"} if namespace else set())
+        children = [f.get("type") for f in node.get("fields", []) if isinstance(f, dict)]
+        children += [node[k] for k in ("items", "values") if k in node]
+        if isinstance(node.get("type"), dict | list):
+            children.append(node["type"])
+        return next((w for w in (walk(c, depth + 1, open_names) for c in children) if w), "")
+
+    return walk(schema, 0, frozenset())
+
+
 # ------------------------------------------------------------------ the format
 
 
@@ -127,6 +166,8 @@ class RegistryFormat:
         # new_client: a mock:// URL gives confluent-kafka's in-process registry (tests)
         self.client = SchemaRegistryClient.new_client(conf)
         self.client_url = settings.registry_url
+        #: writer schema ids already checked (_check_writer)
+        self._writers_ok: set[int] = set()
         self.auto_register = settings.auto_register
         self._protos = proto_classes() if self.kind == "protobuf" else {}
         self.tick = self._serdes("tick")
@@ -224,6 +265,7 @@ class RegistryFormat:
         Undecodable if it is not a record of a registered schema."""
         if len(value) < 5 or value[0] != 0:
             raise Undecodable("no_schema_id", "not the registry wire form (0, schema id, record)")
+        self._check_writer(int.from_bytes(value[1:5], "big"))
         ctx = SerializationContext(self.ticks_topic, MessageField.VALUE)
         try:
             obj = self.tick.deserialize(value, ctx)
@@ -244,7 +286,43 @@ class RegistryFormat:
             return {"symbol": obj.symbol, "price": obj.price, "ts": obj.ts}
         if not isinstance(obj, dict):
             raise Undecodable("bad_encoding", f"a {type(obj).__name__}, not a record")
+        # Avro's logical types for the usual writer schemas: a timestamp-millis ts, a decimal price
+        ts, price = obj.get("ts"), obj.get("price")
+        if isinstance(ts, dt.datetime) and ts.tzinfo is not None:
+            obj["ts"] = (ts - _EPOCH) // dt.timedelta(milliseconds=1)
+        if isinstance(price, decimal.Decimal):
+            obj["price"] = float(price)
         return obj
+
+    def _check_writer(self, schema_id: int) -> None:
+        """The writer schema a tick names, fetched and judged once per id (the client caches
+        the schema too): unknown ids and schemas that cannot be decoded safely are the
+        message's fault (Undecodable), a registry that misbehaves is not (RegistryUnavailable)."""
+        if schema_id in self._writers_ok:
+            return
+        try:
+            schema = self.client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            # A registry's own 404 (error code 404xx); an ingress' 404 page is not an answer.
+            if exc.http_status_code == 404 and exc.error_code // 100 == 404:
+                raise Undecodable(
+                    "unknown_schema", f"schema id {schema_id} not registered"
+                ) from None
+            raise RegistryUnavailable(f"schema id {schema_id}: {exc}") from None
+        except Exception as exc:  # a reply that is not the registry's JSON, a connection error
+            raise RegistryUnavailable(self._unreachable(exc)) from None
+        expected = {"avro": "AVRO", "json-schema": "JSON", "protobuf": "PROTOBUF"}[self.kind]
+        actual = schema.schema_type or "AVRO"
+        if actual != expected:
+            raise Undecodable(
+                "unknown_schema", f"schema id {schema_id} is {actual}, not {expected}"
+            )
+        if self.kind == "avro":
+            why = _unsafe_avro(schema.schema_str or "")
+            if why:
+                raise Undecodable("unsupported_schema", f"schema id {schema_id}: {why}")
+        if len(self._writers_ok) < 10_000:  # bounded: ids come from the input
+            self._writers_ok.add(schema_id)
 
     def encode_tick(self, symbol: str, price: float, ts: int) -> bytes:
         fields = {"symbol": symbol, "price": float(price), "ts": int(ts)}

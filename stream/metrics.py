@@ -430,6 +430,8 @@ class Health:
     #: no broker answers (librdkafka's all-brokers-down), with the address and error
     kafka_down: str = ""
     redis_address: str = ""
+    #: the Schema Registry did not answer (format.kind), with why
+    registry_down: str = ""
     #: seconds without a heartbeat after which /healthz fails
     stall_after_s: float = 60.0
     last_beat: float = field(default_factory=time.monotonic)
@@ -451,6 +453,8 @@ class Health:
         if not self.redis_ok:
             at = f" at {self.redis_address}" if self.redis_address else ""
             reasons.append(f"redis unreachable{at}")
+        if self.registry_down:
+            reasons.append(f"schema registry unreachable: {self.registry_down}")
         if self.assigned == 0:
             reasons.append("no partitions assigned")
         if self.stopping:

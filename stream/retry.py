@@ -11,7 +11,7 @@ from typing import TypeVar
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from stream.errors import StoreUnavailable
+from stream.errors import RegistryUnavailable, StoreUnavailable
 from stream.metrics import Health, Metrics
 
 log = logging.getLogger(__name__)
@@ -36,19 +36,28 @@ class RedisRetry:
         """`step()`, retried while it raises StoreUnavailable; None if a stop came meanwhile."""
 
         def failed(exc: Exception) -> None:
-            self.metrics.redis_errors.inc()
-            self.health.redis_ok = False
+            # The Schema Registry (a tick's writer schema not known yet) is waited for the same
+            # way, and reported as itself.
+            if isinstance(exc, RegistryUnavailable):
+                self.health.registry_down = str(exc)
+            else:
+                self.metrics.redis_errors.inc()
+                self.health.redis_ok = False
             self.health.beat()  # waiting for Redis is not a stuck loop (/healthz)
             if self.stopping():
                 raise _Abandoned from exc
-            log.warning("redis unavailable, retrying: %s", exc)
+            what = "schema registry" if isinstance(exc, RegistryUnavailable) else "redis"
+            log.warning("%s unavailable, retrying: %s", what, exc)
 
         try:
             result = self._retry.call_with_retry(step, failed)
         except _Abandoned:
-            log.warning("redis unavailable while stopping; batch left uncommitted")
+            log.warning("a dependency is unavailable while stopping; batch left uncommitted")
             return None
         if not self.health.redis_ok:
             log.info("redis reachable again; resuming")
             self.health.redis_ok = True
+        if self.health.registry_down:
+            log.info("schema registry reachable again; resuming")
+            self.health.registry_down = ""
         return result

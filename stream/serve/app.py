@@ -337,7 +337,8 @@ def create_app(
         return _response(await handle_batch(request))
 
     @app.get(
-        "/v1/forecasts/{symbol}",
+        # :path, because a symbol may hold "/" (XAU/USD): /v1/forecasts/XAU/USD or XAU%2FUSD
+        "/v1/forecasts/{symbol:path}",
         response_model=ForecastModel,
         responses={**problems, 404: {"model": Problem, "description": "no full window yet"}},
         summary="The latest forecast the stream published for a symbol",

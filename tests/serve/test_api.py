@@ -270,12 +270,22 @@ def test_the_latest_forecast_of_a_symbol_is_the_last_one_published(
     key_prefix: str,
 ) -> None:
     # 700 ticks with room for 560 in a key: the ring has wrapped
-    series = {"XAUUSD": _series(3, 700), "XAGUSD": _series(4, 61), "WARM": _series(5, 59)}
+    series = {
+        "XAUUSD": _series(3, 700),
+        "XAGUSD": _series(4, 61),
+        "XAU/USD": _series(6, 61),  # "/" is a symbol character: the path holds it as is
+        "WARM": _series(5, 59),
+    }
     published, _ = _pipeline_forecasts(redis_client, key_prefix, predictor, series)
     http = api()
-    for symbol in ("XAUUSD", "XAGUSD"):
+    for symbol, path in (
+        ("XAUUSD", "XAUUSD"),
+        ("XAGUSD", "XAGUSD"),
+        ("XAU/USD", "XAU/USD"),
+        ("XAU/USD", "XAU%2FUSD"),
+    ):
         last = max((f for f in published if f["symbol"] == symbol), key=lambda f: f["ts"])
-        got = http.get(f"/v1/forecasts/{symbol}")
+        got = http.get(f"/v1/forecasts/{path}")
         assert got.status_code == 200, got.text
         assert fields(got.json()) == fields(last)  # ts and source {topic, partition, offset} too
         assert got.json()["cached"] is True
@@ -367,3 +377,14 @@ def test_metrics_health_and_docs(api: Callable[..., TestClient], predictor: Pred
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]
     assert http.get("/docs").status_code == 200
+
+
+def test_the_default_body_limit_admits_the_default_largest_batch() -> None:
+    # 1,000 windows of 60 full-precision prices is ~1.13 MB: a 1 MiB limit refused what
+    # serve.max_batch_windows allows (review finding).
+    from stream.config import ServeSettings
+
+    s = ServeSettings()
+    window = [1951.4512345678901] * 60
+    body = json.dumps({"windows": [{"prices": window}] * s.max_batch_windows}).encode()
+    assert len(body) < s.max_body_bytes

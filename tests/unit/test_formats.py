@@ -12,13 +12,14 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from confluent_kafka.schema_registry import Schema, SchemaRegistryError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream import config
 from stream.config import FormatSettings
 from stream.contracts import Forecast, Record, Source, decode_batch
-from stream.errors import ConfigError
+from stream.errors import ConfigError, RegistryUnavailable
 from stream.formats import RegistryFormat, proto_classes, proto_file, schema_text
 
 KINDS = ("avro", "protobuf", "json-schema")
@@ -129,8 +130,7 @@ def test_bytes_that_are_not_the_wire_form_are_named(kind: str) -> None:
         # default, so an empty symbol (a valid encoding, an invalid tick).
         good[:6]: "bad_symbol" if kind == "protobuf" else "bad_encoding",
     }
-    if kind != "protobuf":  # its deserializer reads with its own message type, not by id
-        cases[b"\x00\x00\x00\x7f\xff" + good[5:]] = "unknown_schema"
+    cases[b"\x00\x00\x00\x7f\xff" + good[5:]] = "unknown_schema"  # checked for every kind
     records = [record(v, offset=i) for i, v in enumerate(cases)]
     ticks, rejected = decode_batch(records, MAX, parse=wire.tick_fields)
     assert ticks == []
@@ -216,3 +216,125 @@ def test_the_forecast_json_form_is_unchanged_by_the_registry_path() -> None:
     # The JSON default keeps msgspec's codec; the registry path builds its records from the same
     # fields (to_builtins), so a field added to Forecast must be added to the schemas (above).
     assert msgspec.json.decode(msgspec.json.encode(FORECAST), type=Forecast) == FORECAST
+
+
+DEEP: object = "int"
+for _ in range(20):  # arrays of arrays: not recursive, but as deep as fastavro's C stack cares
+    DEEP = {"type": "array", "items": DEEP}
+
+RECURSIVE = json.dumps(
+    {"type": "record", "name": "N", "fields": [{"name": "next", "type": ["null", "N"]}]}
+)
+
+
+def test_a_recursive_writer_schema_is_refused_before_its_record_is_decoded() -> None:
+    # fastavro's compiled reader recursed in C once per level of this 20 KB record and crashed
+    # the process (SIGSEGV), on every restart: the schema is judged before any record under it.
+    wire = registered("avro")
+    evil = wire.client.register_schema("evil-value", Schema(RECURSIVE, "AVRO"))
+    value = b"\x00" + evil.to_bytes(4, "big") + b"\x02" * 20_000 + b"\x00"
+    ticks, [bad] = decode_batch([record(value)], MAX, parse=wire.tick_fields)
+    assert ticks == [] and bad.reason == "unsupported_schema" and "recursive" in bad.detail
+
+
+@pytest.mark.parametrize(
+    ("schema", "verdict"),
+    [
+        (schema_text("avro", "tick"), ""),
+        (schema_text("avro", "forecast"), ""),
+        (RECURSIVE, "recursive"),
+        (
+            json.dumps({"type": "record", "name": "T", "fields": [{"name": "x", "type": DEEP}]}),
+            "deeper",
+        ),
+    ],
+)
+def test_writer_schemas_are_judged_for_depth_and_recursion(schema: str, verdict: str) -> None:
+    from stream.formats import _unsafe_avro
+
+    why = _unsafe_avro(schema)
+    assert (verdict in why) if verdict else why == ""
+
+
+def test_avro_logical_types_of_a_usual_writer_schema_are_read_as_a_tick() -> None:
+    wire = registered("avro")
+    writer = {
+        "type": "record",
+        "name": "Tick",
+        "namespace": "feed",
+        "fields": [
+            {"name": "symbol", "type": "string"},
+            {
+                "name": "price",
+                "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 4},
+            },
+            {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        ],
+    }
+    from decimal import Decimal
+
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    serialize = AvroSerializer(
+        wire.client, json.dumps(writer), conf={"auto.register.schemas": True}
+    )
+    import datetime as dt
+
+    value = serialize(
+        {
+            "symbol": "XAUUSD",
+            "price": Decimal("1951.4500"),
+            "ts": dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.UTC),
+        },
+        SerializationContext("other-topic", MessageField.VALUE),
+    )
+    assert value is not None
+    [tick], rejected = decode_batch([record(value)], MAX, parse=wire.tick_fields)
+    assert rejected == [] and (tick.price, tick.ts) == (1951.45, 1714566600000)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ValueError("Expecting value: line 1 column 1 (char 0)"),  # an HTML page with 200
+        SchemaRegistryError(404, -1, "Not Found"),  # an ingress' 404, not the registry's
+        SchemaRegistryError(500, 50001, "store error"),
+    ],
+)
+def test_a_registry_that_misbehaves_is_unavailable_not_a_bad_tick(
+    failure: Exception, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wire = registered("avro")
+    good = wire.encode_tick("XAUUSD", 1.0, 1)
+    fresh = registered("avro")  # has not seen the id yet
+
+    def broken(schema_id: int, *args: object, **kwargs: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(fresh.client, "get_schema", broken)
+    with pytest.raises(RegistryUnavailable):
+        decode_batch([record(good)], MAX, parse=fresh.tick_fields)
+
+
+def test_the_loop_waits_for_the_registry_and_reports_it_not_redis() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from stream.metrics import Health, Metrics
+    from stream.retry import RedisRetry
+
+    metrics, health = Metrics(CollectorRegistry()), Health(model_loaded=True, redis_ok=True)
+    seen: list[str] = []
+    calls = iter([RegistryUnavailable("schema registry at http://r unreachable"), None])
+
+    def step() -> str:
+        failure = next(calls)
+        if failure is not None:
+            raise failure
+        seen.append(health.registry_down)  # still reported while it was being waited for
+        return "done"
+
+    assert RedisRetry(metrics, health, lambda: False, cap_s=0.01)(step) == "done"
+    assert seen == ["schema registry at http://r unreachable"]
+    assert health.registry_down == "" and health.redis_ok
+    assert metrics.registry.get_sample_value("tickcast_redis_errors_total") == 0
