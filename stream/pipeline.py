@@ -157,6 +157,34 @@ class Prepared:
     shadow: Prepared | None = None
 
 
+def quantile_columns(quantiles: Sequence[float]) -> tuple[int, int, int]:
+    """(lower, median, upper) output columns of a model with these quantiles (the stream's and
+    the HTTP API's, stream/serve)."""
+    qs = list(quantiles)
+    medians = [i for i, q in enumerate(qs) if abs(q - 0.5) < 1e-9]
+    if not medians or any(a >= b for a, b in itertools.pairwise(qs)):
+        raise ModelError(f"model quantiles {qs} must be ascending and include 0.5")
+    return 0, medians[0], len(qs) - 1
+
+
+def forecast_values(
+    last: float, row: F64Array, columns: tuple[int, int, int]
+) -> tuple[float, float, float] | None:
+    """(price, lower, upper) from a window's last price and the model's log-return quantiles;
+    None when any is not finite. The one place the stream and the HTTP API turn outputs into
+    prices, so the same outputs give the same bits in both."""
+    lo_i, mid_i, hi_i = columns
+    try:
+        price = last * math.exp(float(row[mid_i]))
+        lower = last * math.exp(float(row[lo_i]))
+        upper = last * math.exp(float(row[hi_i]))
+    except OverflowError:  # a finite but absurd log return
+        return None
+    if math.isfinite(price) and math.isfinite(lower) and math.isfinite(upper):
+        return price, lower, upper
+    return None
+
+
 class Pipeline:
     def __init__(
         self,
@@ -198,11 +226,7 @@ class Pipeline:
 
     def _quantile_indices(self, predictor: PredictorLike | None = None) -> tuple[int, int, int]:
         """(lower, median, upper) columns of the model's outputs; read per batch (hot reload)."""
-        qs = list((predictor or self.predictor).quantiles)
-        medians = [i for i, q in enumerate(qs) if abs(q - 0.5) < 1e-9]
-        if not medians or any(a >= b for a, b in itertools.pairwise(qs)):
-            raise ModelError(f"model quantiles {qs} must be ascending and include 0.5")
-        return 0, medians[0], len(qs) - 1
+        return quantile_columns((predictor or self.predictor).quantiles)
 
     def process(self, records: Sequence[Record], max_message_bytes: int) -> BatchResult:
         """The whole batch, in order: prepare, compute, fill, finish."""
@@ -455,7 +479,6 @@ class Pipeline:
     def finish(self, prepared: Prepared) -> BatchResult:
         """The forecasts of a computed and filled batch, in input order."""
         predictor = prepared.predictor
-        lo_i, mid_i, hi_i = prepared.quantile_columns
         horizon = predictor.horizon
         interval = float(predictor.interval)
         version = predictor.version
@@ -464,18 +487,15 @@ class Pipeline:
         forecasts: list[Forecast] = []
         non_finite = 0
         produced_at = self.clock_ms()
+        columns = prepared.quantile_columns
         for d, w in zip(prepared.digests, prepared.windows, strict=True):
             row = outputs.get(d)
             tick = w.tick
             if row is not None:
                 last = tick.price
-                try:
-                    price = last * math.exp(float(row[mid_i]))
-                    lower = last * math.exp(float(row[lo_i]))
-                    upper = last * math.exp(float(row[hi_i]))
-                except OverflowError:  # a finite but absurd log return
-                    price = lower = upper = math.inf
-                if math.isfinite(price) and math.isfinite(lower) and math.isfinite(upper):
+                values = forecast_values(last, row, columns)
+                if values is not None:
+                    price, lower, upper = values
                     forecasts.append(
                         Forecast(
                             symbol=tick.symbol,

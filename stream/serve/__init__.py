@@ -9,6 +9,6 @@
 
 The API and the stream agree bit for bit because they share everything that decides a forecast:
 the artifact (stream/predictor.py, batch-invariant), the digest and the cache key and value
-(stream/cache.py), and the arithmetic from model outputs to prices (`forecaster.forecast_values`,
+(stream/cache.py), and the arithmetic from model outputs to prices (`stream.pipeline.forecast_values`,
 held equal to the stream's by tests/serve/test_serve_e2e.py against the real `tickcast run`).
 """

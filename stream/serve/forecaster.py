@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import queue
 import threading
 import time
@@ -37,6 +36,7 @@ from stream.cache import ForecastCache
 from stream.cache import digests as window_digests
 from stream.contracts import Source
 from stream.errors import ModelError, TickcastError
+from stream.pipeline import forecast_values, quantile_columns
 from stream.predictor import Predictor
 from stream.serve.metrics import ServeMetrics
 
@@ -85,33 +85,6 @@ class NotFinite(TickcastError):
     def __init__(self, window_hash: str) -> None:
         super().__init__(f"model output not finite for window_hash={window_hash}")
         self.window_hash = window_hash
-
-
-def quantile_columns(quantiles: Sequence[float]) -> tuple[int, int, int]:
-    """(lower, median, upper) output columns, as the stream's pipeline picks them."""
-    qs = list(quantiles)
-    medians = [i for i, q in enumerate(qs) if abs(q - 0.5) < 1e-9]
-    if not medians:
-        raise ModelError(f"model quantiles {qs} must include 0.5")
-    return 0, medians[0], len(qs) - 1
-
-
-def forecast_values(
-    last: float, row: F64Array, columns: tuple[int, int, int]
-) -> tuple[float, float, float] | None:
-    """(price, lower, upper) from a window's last price and the model's log-return quantiles;
-    None when any is not finite. The same arithmetic, in the same order, as the stream's
-    Pipeline.finish, so the same outputs give the same bits."""
-    lo_i, mid_i, hi_i = columns
-    try:
-        price = last * math.exp(float(row[mid_i]))
-        lower = last * math.exp(float(row[lo_i]))
-        upper = last * math.exp(float(row[hi_i]))
-    except OverflowError:  # a finite but absurd log return
-        return None
-    if math.isfinite(price) and math.isfinite(lower) and math.isfinite(upper):
-        return price, lower, upper
-    return None
 
 
 @dataclass(slots=True)
