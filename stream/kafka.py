@@ -19,10 +19,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import queue
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, cast
 
 import orjson
@@ -503,20 +506,70 @@ def _dead_letter_name(msg: Message, err: KafkaError) -> str:
     return f"source-offset={offset.decode(errors='replace')} error={err.name()}"
 
 
+class Detached:
+    """One blocking librdkafka call at a time on a daemon thread of its own, for calls that
+    librdkafka may not return from in time: the caller waits on the Future with its own timeout
+    and stays free to serve signals and its deadline. A daemon thread, not an executor's: an
+    executor's threads are joined at interpreter exit, which a call that never returns would
+    block."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        #: the call started and not yet seen to finish by its caller
+        self.current: Future[None] | None = None
+        self._calls: queue.SimpleQueue[tuple[Future[None], Callable[[], None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+
+    def start(self, call: Callable[[], None]) -> Future[None]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+            self._thread.start()
+        future: Future[None] = Future()
+        self.current = future
+        self._calls.put((future, call))
+        return future
+
+    def retire(self) -> None:
+        """The thread ends once the call in hand (if any) returns."""
+        self._calls.put(None)
+
+    def _serve(self) -> None:
+        while (item := self._calls.get()) is not None:
+            future, call = item
+            try:
+                call()
+            except BaseException as exc:  # handed to the caller, raised there
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+            del future, call, item  # the producer goes with its last call, not with the thread
+
+
 class Sink:
     """The producer. Transactional when given a transactional id; `renew` replaces it after a
     fatal error (a transactional producer is unusable after one)."""
 
-    def __init__(self, conf: dict[str, Any], init_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        conf: dict[str, Any],
+        init_timeout_s: float = 30.0,
+        *,
+        factory: Callable[[dict[str, Any]], Producer] = Producer,
+    ) -> None:
         self._conf = conf
         self._init_timeout_s = init_timeout_s
+        self._factory = factory
         self.transactional = "transactional.id" in conf
         self._producer = self._new()
+        #: the producer's calls that librdkafka may not return from in time (send_offsets)
+        self._detached = Detached(f"tickcast-{conf.get('client.id', 'producer')}-txn")
         #: monotonic time after which produce() stops waiting for room in a full queue
         self.stop_deadline = math.inf
 
     def _new(self, init_timeout_s: float | None = None) -> Producer:
-        producer = Producer(_routed(self._conf))
+        producer = self._factory(_routed(self._conf))
         if self.transactional:
             try:
                 producer.init_transactions(init_timeout_s or self._init_timeout_s)
@@ -528,6 +581,10 @@ class Sink:
         """A new producer in place of one that hit a fatal error (KafkaFailure if it cannot
         register its transactional id within `init_timeout_s`; the old one is kept then)."""
         old, self._producer = self._producer, self._new(init_timeout_s)
+        # A call the old producer never returned from keeps its thread (and the old producer)
+        # until librdkafka lets go; the new producer's calls get a thread of their own.
+        self._detached.retire()
+        self._detached = Detached(self._detached.name)
         # What the old one still holds is redone through the rewind; destroying it with
         # undelivered messages would block until message.timeout.ms. A producer in a fatal state
         # may refuse even that (its calls raise): it is dropped all the same.
@@ -585,13 +642,32 @@ class Sink:
     def send_offsets(
         self, offsets: Mapping[Partition, int], group_metadata: object, timeout: float
     ) -> None:
-        """Add a batch's input offsets to the open transaction."""
-        try:
-            self._producer.send_offsets_to_transaction(
+        """Add a batch's input offsets to the open transaction, waiting at most `timeout`.
+
+        librdkafka does not keep this call's timeout while the group coordinator is down
+        (confluentinc/librdkafka#5456: it waited on a condition variable for as long as the broker
+        was away, where no signal handler can run). So the call runs on a thread of its own and
+        this waits for it at most `timeout`; then it raises a retriable timeout, and calling again
+        waits for the same call (librdkafka's contract for a timed-out call is to repeat it)."""
+        producer = self._producer
+        call = self._detached.current or self._detached.start(
+            lambda: producer.send_offsets_to_transaction(
                 _offset_tps(offsets), group_metadata, timeout
             )
+        )
+        try:
+            call.result(timeout)
+        except FutureTimeout:
+            raise KafkaFailure(
+                f"send offsets to the transaction: no answer within {timeout:.1f} s",
+                "_TIMED_OUT",
+                retriable=True,
+            ) from None
         except KafkaException as exc:
             raise failure(exc, "send offsets to the transaction") from None
+        finally:
+            if call.done():
+                self._detached.current = None
 
     def commit(self, timeout: float) -> None:
         """Commit the open transaction (a timed-out call may be repeated to resume it)."""
@@ -616,6 +692,15 @@ class Sink:
             raise failure(exc, "begin transaction") from None
 
     def abort(self, timeout: float) -> None:
+        stuck = self._detached.current
+        if stuck is not None and not stuck.done():
+            # librdkafka answers every transactional call but this one with "conflicting call
+            # in progress" until send_offsets returns, which may be never: replace the producer.
+            raise KafkaFailure(
+                "abort transaction: librdkafka has not returned from send_offsets",
+                "_CONFLICT",
+                fatal=True,
+            )
         try:
             self._producer.abort_transaction(timeout)
         except KafkaException as exc:

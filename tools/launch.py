@@ -10,6 +10,7 @@ stopped by a signal, restartable (the demo kills and restarts it).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -144,6 +145,25 @@ class ServiceProcess:
             assert self.proc is not None
             self.proc.kill()
             return -9
+
+    def stacks(self) -> str:
+        """Every thread's Python and native stack (py-spy, when installed): what a process that
+        does not answer is doing, for a test's failure message."""
+        if self.proc is None or self.proc.poll() is not None:
+            return "(not running)"
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(spy).exists():
+            return "(py-spy not installed)"
+        try:
+            done = subprocess.run(
+                [spy, "dump", "--native", "--pid", str(self.proc.pid)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"(py-spy failed: {exc})"
+        return done.stdout + done.stderr
 
     def kill_if_running(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from stream import config
+from stream.shutdown import GRACE_S, StopGuard
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     service = build(settings)
     runner = service.runner
     _on_signals(runner.stop, service.reload)
+    StopGuard(settings.processing.shutdown_timeout_s + GRACE_S).install()
     # Everything built so far (modules, model, clients) lives as long as the process: move it out
     # of the collector's view, so a full collection walks only what the batches allocate. Without
     # it each full collection walked every object of numpy, onnxruntime and the clients, a stall

@@ -91,6 +91,7 @@ def test_sigterm_3_s_after_the_broker_died_is_bounded(
     try:
         code = svc.wait(bound)
     except subprocess.TimeoutExpired:
+        stacks = svc.stacks()
         try:
             # How long it would have taken: up to the client's message timeout (full size only).
             code = svc.wait(330 if FULL else 20)
@@ -100,7 +101,8 @@ def test_sigterm_3_s_after_the_broker_died_is_bounded(
         raise AssertionError(
             f"{guarantee}: SIGTERM with the broker gone: not exited within "
             f"shutdown_timeout_s {SHUTDOWN_TIMEOUT_S:.0f} s + {EXIT_MARGIN_S:.0f} s; exited after "
-            f"{time.monotonic() - stopped:.0f} s with code {code}:\n{svc.tail(30)}"
+            f"{time.monotonic() - stopped:.0f} s with code {code}:\n{svc.tail(30)}\n"
+            f"stacks when the bound passed:\n{stacks}"
         ) from None
     took = time.monotonic() - stopped
     assert code in (0, 3), f"exit code {code} after {took:.1f} s:\n{svc.tail(30)}"
