@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from stream import config
 from stream.config import Settings
+from stream.serve.protocol import OneWriteHttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         "host": host,
         "port": port,
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools, each response written in one send (stream/serve/protocol.py)
+        "http": OneWriteHttpToolsProtocol,
         "access_log": False,  # thousands of lines a second; /metrics counts the requests
         "proxy_headers": False,  # no client address is used or logged: skip the rewrite
         "log_level": "warning",

@@ -137,6 +137,9 @@ def test_an_oversize_body_is_413_whether_declared_or_streamed(
     assert len(small) < 4096
     ok = http.post("/v1/predict/batch", content=small, headers={"content-type": "application/json"})
     assert ok.status_code == 200
+    # both refusals are counted, the one refused from its Content-Length too
+    text = http.get("/metrics").text
+    assert 'tickcast_api_requests_total{code="413",route="/v1/predict/batch"} 2.0' in text
 
 
 def test_a_bad_symbol_in_the_path_is_422(api: Callable[..., TestClient]) -> None:
