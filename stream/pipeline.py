@@ -40,7 +40,7 @@ from stream.contracts import (
     decode_batch,
 )
 from stream.errors import ModelError
-from stream.scoring import Scorer, previous_window
+from stream.scoring import Scorer, previous_window, quantile_prices
 
 log = logging.getLogger(__name__)
 
@@ -477,7 +477,13 @@ class Pipeline:
         prepared.filled = True
 
     def finish(self, prepared: Prepared) -> BatchResult:
-        """The forecasts of a computed and filled batch, in input order."""
+        """The forecasts of a computed and filled batch, in input order, and their scores.
+
+        Each window's output is priced once (`quantile_prices`): its forecast takes its interval
+        and median from those prices, and the next tick's score takes them all; a window's
+        digest fixes its bytes, so its last price too, and the score's prices are the very
+        numbers the forecast carries. The score shares the forecast's `Source` (the same tick).
+        """
         predictor = prepared.predictor
         horizon = predictor.horizon
         interval = float(predictor.interval)
@@ -488,29 +494,50 @@ class Pipeline:
         non_finite = 0
         produced_at = self.clock_ms()
         columns = prepared.quantile_columns
+        lo_i, mid_i, hi_i = columns
+        topic = self.source_topic
+        isfinite = math.isfinite
+        #: digest -> its output's quantile prices (None: one beyond a double)
+        priced: dict[str, list[float] | None] = {}
+        sources: list[Source] = []
         for d, w in zip(prepared.digests, prepared.windows, strict=True):
             row = outputs.get(d)
             tick = w.tick
+            source = Source(topic, tick.partition, tick.offset)
+            sources.append(source)
             if row is not None:
                 last = tick.price
-                values = forecast_values(last, row, columns)
+                if d in priced:
+                    prices = priced[d]
+                else:
+                    prices = priced[d] = quantile_prices(last, row)
+                if prices is not None:
+                    price, lower, upper = prices[mid_i], prices[lo_i], prices[hi_i]
+                    values = (
+                        (price, lower, upper)
+                        if isfinite(price) and isfinite(lower) and isfinite(upper)
+                        else None
+                    )
+                else:  # a quantile beyond a double: the interval's own may still be finite
+                    values = forecast_values(last, row, columns)
                 if values is not None:
                     price, lower, upper = values
+                    # positional, in the fields' (wire) order: a third cheaper than keywords
                     forecasts.append(
                         Forecast(
-                            symbol=tick.symbol,
-                            ts=tick.ts,
-                            horizon=horizon,
-                            price=price,
-                            lower=lower,
-                            upper=upper,
-                            interval=interval,
-                            last_price=last,
-                            model_version=version,
-                            window_hash=d,
-                            cached=d in from_cache,
-                            source=Source(self.source_topic, tick.partition, tick.offset),
-                            produced_at=produced_at,
+                            tick.symbol,
+                            tick.ts,
+                            horizon,
+                            price,
+                            lower,
+                            upper,
+                            interval,
+                            last,
+                            version,
+                            d,
+                            d in from_cache,
+                            source,
+                            produced_at,
                         )
                     )
                     continue
@@ -520,12 +547,12 @@ class Pipeline:
                 ' partition="%s[%d]" offset=%d model_version=%s',
                 tick.symbol,
                 d,
-                self.source_topic,
+                topic,
                 tick.partition,
                 tick.offset,
                 version,
             )
-        scores = self._scores(prepared)
+        scores = self._scores(prepared, priced, sources)
         shadow: list[Forecast] = []
         if prepared.shadow is not None:
             challenged = self.finish(prepared.shadow)
@@ -544,9 +571,19 @@ class Pipeline:
             inference_batch_size=len(prepared.misses),
         )
 
-    def _scores(self, prepared: Prepared) -> list[Score]:
+    def _scores(
+        self,
+        prepared: Prepared,
+        priced: dict[str, list[float] | None],
+        sources: list[Source],
+    ) -> list[Score]:
         """Each window's tick scores the forecast made from the window before it: the outcome
-        is the tick's price, the forecast the model's output for [before] + prices[:-1]."""
+        is the tick's price, the forecast the model's output for [before] + prices[:-1].
+
+        `priced`: the quantile prices of the batch's own windows by digest (`finish`); a window
+        before that is not one of them (the batch's first of its symbol) is priced here, from
+        its last price, `prices[-2]` of the window after it. `sources`: per window, its tick's.
+        """
         if not prepared.previous:
             return []
         predictor = prepared.predictor
@@ -556,26 +593,24 @@ class Pipeline:
             predictor.horizon,
             predictor.interval,
             predictor.version,
-        ).score
+        ).score_prices
         outputs = prepared.outputs
-        topic = self.source_topic
         scores = []
-        for d, w in zip(prepared.previous, prepared.windows, strict=True):
+        for d, w, source in zip(prepared.previous, prepared.windows, sources, strict=True):
             if d is None:
                 continue
             row = outputs.get(d)
             if row is None:
                 continue
+            last = float(w.prices[-2])
+            if d in priced:
+                prices = priced[d]
+            else:
+                prices = priced[d] = quantile_prices(last, row)
+            if prices is None:  # not finite: never published either
+                continue
             tick = w.tick
-            s = judge(
-                row,
-                float(w.prices[-2]),
-                tick.price,
-                tick.symbol,
-                tick.ts,
-                d,
-                Source(topic, tick.partition, tick.offset),
-            )
+            s = judge(prices, last, tick.price, tick.symbol, tick.ts, d, source)
             if s is not None:
                 scores.append(s)
         return scores

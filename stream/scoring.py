@@ -44,6 +44,17 @@ def previous_window(window: Window) -> F64Array | None:
     return prev
 
 
+def quantile_prices(last_price: float, row: F64Array) -> list[float] | None:
+    """The prices of a forecast's quantiles, `last x exp(log-return quantile)`, in Python floats
+    as the pipeline computes a published forecast's (`forecast_values`), so the numbers are equal;
+    None when one is beyond a double."""
+    exp = math.exp
+    try:
+        return [last_price * exp(r) for r in row.tolist()]
+    except OverflowError:
+        return None
+
+
 def pinball_loss(
     actual: float, quantile_prices: Sequence[float], quantiles: Sequence[float]
 ) -> float:
@@ -88,12 +99,23 @@ class Scorer:
         """The score of the forecast `row` (log-return quantiles) made from a window ending at
         `last_price`, against the outcome `actual`; None when the forecast was not finite (it
         was never published either)."""
-        exp = math.exp
-        try:
-            # as the pipeline computes a published forecast's prices, so the numbers are equal
-            prices = [last_price * exp(r) for r in row.tolist()]
-        except OverflowError:
+        prices = quantile_prices(last_price, row)
+        if prices is None:
             return None
+        return self.score_prices(prices, last_price, actual, symbol, ts, window_hash, source)
+
+    def score_prices(
+        self,
+        prices: list[float],
+        last_price: float,
+        actual: float,
+        symbol: str,
+        ts: int,
+        window_hash: str,
+        source: Source,
+    ) -> Score | None:
+        """`score`, from the forecast's quantile prices (`quantile_prices(last_price, row)`):
+        the pipeline prices each window's output once, for its forecast and for its score."""
         total = 0.0
         for (q, q1), yq in zip(self._quantiles, prices, strict=True):
             if not math.isfinite(yq):
