@@ -587,15 +587,22 @@ class Pipeline:
         if not prepared.previous:
             return []
         predictor = prepared.predictor
-        judge = Scorer(
+        scorer = Scorer(
             predictor.quantiles,
             prepared.quantile_columns,
             predictor.horizon,
             predictor.interval,
             predictor.version,
-        ).score_prices
+        )
         outputs = prepared.outputs
-        scores = []
+        # what each score needs, gathered per forecast and scored in one pass (score_many)
+        prices: list[list[float]] = []
+        lasts: list[float] = []
+        actuals: list[float] = []
+        symbols: list[str] = []
+        ts: list[int] = []
+        hashes: list[str] = []
+        scored: list[Source] = []
         for d, w, source in zip(prepared.previous, prepared.windows, sources, strict=True):
             if d is None:
                 continue
@@ -604,13 +611,17 @@ class Pipeline:
                 continue
             last = float(w.prices[-2])
             if d in priced:
-                prices = priced[d]
+                p = priced[d]
             else:
-                prices = priced[d] = quantile_prices(last, row)
-            if prices is None:  # not finite: never published either
+                p = priced[d] = quantile_prices(last, row)
+            if p is None:  # not finite: never published either
                 continue
             tick = w.tick
-            s = judge(prices, last, tick.price, tick.symbol, tick.ts, d, source)
-            if s is not None:
-                scores.append(s)
-        return scores
+            prices.append(p)
+            lasts.append(last)
+            actuals.append(tick.price)
+            symbols.append(tick.symbol)
+            ts.append(tick.ts)
+            hashes.append(d)
+            scored.append(source)
+        return scorer.score_many(prices, lasts, actuals, symbols, ts, hashes, scored)
