@@ -50,7 +50,7 @@ from stream import version
 
 if TYPE_CHECKING:
     from stream.checkpoint import Batch
-    from stream.contracts import Record, Score
+    from stream.contracts import Forecast, Record, Score
     from stream.pipeline import BatchResult
 
 PREFIX = "tickcast"
@@ -389,14 +389,31 @@ class Metrics:
         self.batches.inc()
         if result.forecasts:
             # Ingest to publish: from the tick's Kafka timestamp to now (all delivered).
-            stamps = {(r.partition, r.offset): r.timestamp for r in records}
-            sent = np.fromiter(
-                (stamps.get((f.source.partition, f.source.offset), 0) for f in result.forecasts),
-                dtype=np.float64,
-                count=len(result.forecasts),
-            )
+            sent = np.array(tick_timestamps(records, result.forecasts), dtype=np.float64)
             sent = sent[sent > 0]
             self.tick_to_forecast_seconds.observe_many(np.maximum(now_ms - sent, 0.0) / 1000.0)
+
+
+def tick_timestamps(records: Sequence[Record], forecasts: Sequence[Forecast]) -> list[int]:
+    """The Kafka timestamp of the record each forecast's tick came from (0 if none is found).
+
+    The pipeline gives its forecasts in input order, so one walk along the records finds them
+    all, without a dict of (partition, offset) tuples per record (held equal to that lookup,
+    tests/unit/test_metrics_stamps.py); forecasts in any other order fall back to it."""
+    out: list[int] = []
+    append = out.append
+    walk = iter(records)
+    for f in forecasts:
+        source = f.source
+        partition, offset = source.partition, source.offset
+        for r in walk:
+            if r.offset == offset and r.partition == partition:
+                append(r.timestamp)
+                break
+        else:
+            stamps = {(r.partition, r.offset): r.timestamp for r in records}
+            return [stamps.get((f.source.partition, f.source.offset), 0) for f in forecasts]
+    return out
 
 
 def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
