@@ -10,11 +10,15 @@
     GET  /metrics                 Prometheus text (stream/serve/metrics.py)
     GET  /docs, /openapi.json     OpenAPI
 
-Errors: 422 names the field (`detail[].loc`, e.g. ["body", "prices", 3]); 413 for a body over
-serve.max_body_bytes (FastAPI's max_body_size: refused from its Content-Length before it is
-read, or once the bytes read pass the limit; both counted like any answer);
-404 for a symbol without a full window; 503 naming Redis when it does not answer; 500 when the
-model's output for a window is not finite (counted, logged).
+Errors: 422 names the field (`detail[].loc`, e.g. ["body", "prices", 3]), or the position of a
+body that is not JSON (["body", 17]), and also a window the model cannot read (a price whose
+ratio to the last price is 0 or infinite in float64) or whose forecast is beyond float64; in a
+batch it names the window (["body", "windows", 4, "prices", 0]) and refuses the batch, as any
+invalid window does. 413 for a body over serve.max_body_bytes (FastAPI's max_body_size: refused
+from its Content-Length before it is read, or once the bytes read pass the limit); 404 for a
+symbol without a full window; 503 naming Redis when a latest forecast's window cannot be read
+within the deadline (a forecast of given prices does not need Redis: the model alone answers it,
+uncached); 500 when the model's output for a window is not finite (counted, logged).
 
 This module has no `from __future__ import annotations`: FastAPI reads the request models, built
 per window size inside create_app, from the endpoints' annotations at runtime.
@@ -22,9 +26,11 @@ per window size inside create_app, from the endpoints' annotations at runtime.
 
 import asyncio
 import functools
+import json
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,6 +40,7 @@ import redis
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -219,10 +226,111 @@ async def _send_json(send: Send, status: int, payload: bytes) -> None:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     """422 with each error's type, field (`loc`) and message; without FastAPI's echo of the
-    input, which would repeat a whole batch back, and cannot hold the NaN it refused."""
+    input, which would repeat a whole batch back, and cannot hold the NaN it refused. A body
+    that is not JSON says why in its message (at `loc` ["body", position])."""
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    detail = [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]} for e in errors]
+    detail = [{"type": e["type"], "loc": list(e["loc"]), "msg": _message(e)} for e in errors]
     return Response(_encode({"detail": detail}), status_code=422, media_type=_JSON)
+
+
+def _message(error: Any) -> str:
+    reason = (error.get("ctx") or {}).get("error") if error["type"] == "json_invalid" else None
+    return f"{error['msg']}: {reason}" if isinstance(reason, str) else str(error["msg"])
+
+
+def read_json(body: bytes) -> Any:
+    """A request body as JSON, where every way of not being JSON is a JSONDecodeError, which
+    FastAPI answers 422 `json_invalid` at ["body", position]. Python's parser raises others, which
+    FastAPI answered 400: RecursionError for deep nesting, UnicodeDecodeError for bytes that are
+    not UTF-8, and ValueError for an integer of more than 4,300 digits; that one is read as a
+    float instead (infinite: beyond any float64), so its field is refused as not finite, as the
+    stream refuses such a tick's price."""
+    try:
+        return json.loads(body, parse_int=_parse_int)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", _text(body), 0) from None
+    except UnicodeDecodeError as exc:
+        raise json.JSONDecodeError(f"not UTF-8 ({exc.reason})", _text(body), exc.start) from None
+
+
+def _parse_int(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        return float(text)
+
+
+def _text(body: bytes) -> str:
+    return body.decode("utf-8", "replace")
+
+
+class _JsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = read_json(await self.body())
+        return self._json
+
+
+class _Route(APIRoute):
+    """The API's routes read JSON bodies with `read_json` (FastAPI's way to change how a route
+    reads its request: a route class that hands the handler another Request class)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route_handler(request: Request) -> Response:
+            return await handler(_JsonRequest(request.scope, request.receive))
+
+        return route_handler
+
+
+def _ratio_errors(windows: np.ndarray, batch: bool) -> list[dict[str, Any]]:
+    """422 details for windows the model cannot read: it reads log(price / last price)
+    (stream/predictor.py), not finite where that ratio is 0 or infinite in float64. A price too
+    small beside the last one (5e-324 beside 1900) is named at its position; a last price too
+    small beside the others (5e-324 after 1900) at the last position, once. Computed as the
+    predictor computes it."""
+    with np.errstate(over="ignore", under="ignore", divide="ignore"):
+        ratios = windows / windows[:, -1:]
+    errors = []
+    last_j = windows.shape[1] - 1
+    for i in np.nonzero(~((ratios > 0.0) & (ratios < np.inf)).all(axis=1))[0]:
+        row, last = ratios[i], float(windows[i, -1])
+        where: list[Any] = ["body", "windows", int(i), "prices"] if batch else ["body", "prices"]
+        for j in np.nonzero(row == 0.0)[0]:
+            errors.append(
+                {
+                    "type": "price_ratio",
+                    "loc": [*where, int(j)],
+                    "msg": "Input should be within float64 range of the last price (the model"
+                    f" reads log(price / last price)): {float(windows[i, j])!r} / {last!r} is 0",
+                }
+            )
+        if np.isinf(row).any():
+            top = float(windows[i].max())
+            errors.append(
+                {
+                    "type": "price_ratio",
+                    "loc": [*where, last_j],
+                    "msg": "Input should be within float64 range of the other prices (the model"
+                    f" reads log(price / last price)): {top!r} / {last!r} is infinite",
+                }
+            )
+    return errors
+
+
+def _forecast_not_finite(i: int | None, window: int, prices: np.ndarray) -> dict[str, Any]:
+    """The 422 detail for a window whose forecast prices, last price x exp(model quantile), pass
+    float64's largest (a last price near 1.8e308): named at the last price."""
+    loc: list[Any] = ["body", "prices", window - 1]
+    if i is not None:
+        loc = ["body", "windows", i, "prices", window - 1]
+    return {
+        "type": "forecast_not_finite",
+        "loc": loc,
+        "msg": "Input should leave room for the forecast: last price x exp(model quantile) is"
+        f" not a finite float64 for a last price of {float(prices[-1])!r}",
+    }
 
 
 def _problem(status: int, detail: str) -> Answer:
@@ -241,8 +349,9 @@ def create_app(
     reload_every_s: float = 5.0,
 ) -> FastAPI:
     """The application on a loaded model and a Redis client (neither is checked here: /readyz
-    reports Redis). The model worker starts with the application's lifespan; it checks
-    `model.path` for a new artifact every `reload_every_s`."""
+    reports Redis), whose socket timeouts bound every Redis call of a request (`tickcast serve`
+    sets them from its --deadline). The model worker starts with the application's lifespan; it
+    checks `model.path` for a new artifact every `reload_every_s`."""
     metrics = ServeMetrics(registry or CollectorRegistry())
     metrics.set_model(predictor.version)
     window = settings.window.size
@@ -302,6 +411,7 @@ def create_app(
         # request's CPU here); tickcast's observability is Prometheus (/metrics).
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.router.route_class = _Route
     app.state.forecaster = forecaster
     app.state.reload = reloader.request  # SIGHUP (stream/serve/command.py)
     app.state.metrics = metrics
@@ -309,31 +419,44 @@ def create_app(
     async def answer(windows: np.ndarray, metas: list[WindowMeta], batch: bool) -> Answer:
         try:
             results = await forecaster.forecast(windows, metas)
-        except StoreUnavailable as exc:
-            metrics.redis_errors.inc()
-            return _problem(503, f"redis unavailable at {redis_address}: {exc}")
         except ModelError as exc:
             return _problem(500, f"model error: {exc}")
+        too_large = []
         for i, r in enumerate(results):
             if isinstance(r, NotFinite):
-                where = f" (windows[{i}])" if batch else ""
-                return _problem(500, f"model output not finite{where}: {r}")
+                if not r.in_prices:  # the model's own output: the server's fault
+                    where = f" (windows[{i}])" if batch else ""
+                    return _problem(500, f"model output not finite{where}: {r}")
+                too_large.append(_forecast_not_finite(i if batch else None, window, windows[i]))
+        if too_large:
+            return 422, _encode({"detail": too_large})
         if batch:
             return 200, _encode({"forecasts": results})
         return 200, _encode(results[0])
 
     async def handle_predict(body: Any) -> Answer:
-        windows = np.array([body.prices], dtype=np.float64)
+        prices = body.prices
+        last = prices[-1]
+        windows = np.array([prices], dtype=np.float64)
+        # the model reads log(price / last price): each ratio must be a float64 above 0 and
+        # finite (pydantic has checked every price is one); the smallest and largest decide
+        if not (min(prices) / last > 0.0 and max(prices) / last < math.inf):
+            return 422, _encode({"detail": _ratio_errors(windows, batch=False)})
         return await answer(windows, [WindowMeta(body.symbol, body.ts)], batch=False)
 
     async def handle_batch(body: Any) -> Answer:
         windows = np.array([w.prices for w in body.windows], dtype=np.float64)
+        errors = _ratio_errors(windows, batch=True)
+        if errors:
+            return 422, _encode({"detail": errors})
         metas = [WindowMeta(w.symbol, w.ts) for w in body.windows]
         return await answer(windows, metas, batch=True)
 
     problems: dict[int | str, dict[str, Any]] = {
-        503: {"model": Problem, "description": "Redis does not answer (named in the detail)"},
         413: {"model": Problem, "description": "body larger than serve.max_body_bytes"},
+    }
+    redis_down: dict[int | str, dict[str, Any]] = {
+        503: {"model": Problem, "description": "Redis does not answer (named in the detail)"},
     }
 
     @app.post(
@@ -358,7 +481,10 @@ def create_app(
         # :path, because a symbol may hold "/" (XAU/USD): /v1/forecasts/XAU/USD or XAU%2FUSD
         "/v1/forecasts/{symbol:path}",
         response_model=ForecastModel,
-        responses={**problems, 404: {"model": Problem, "description": "no full window yet"}},
+        responses={
+            **redis_down,
+            404: {"model": Problem, "description": "no full window yet"},
+        },
         summary="The latest forecast the stream published for a symbol",
     )
     async def latest_forecast(

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from stream import config
 from stream.config import Settings
+from stream.errors import ConfigError
 from stream.serve.protocol import OneWriteHttpToolsProtocol
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,27 @@ log = logging.getLogger(__name__)
 #: Where a worker process finds the --config path of the command that started it. Not TICKCAST_*:
 #: that namespace holds settings only (an unknown TICKCAST_ name is a configuration error).
 CONFIG_ENV = "_TICKCAST_SERVE_CONFIG"
+#: ... and the --deadline of that command
+DEADLINE_ENV = "_TICKCAST_SERVE_DEADLINE"
+
+#: Seconds a request may wait for Redis (--deadline). Redis answers in well under a millisecond
+#: here; this only has to outlast a busy moment, and bounds what a hung Redis costs a request.
+DEFAULT_DEADLINE_S = 0.5
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="bind address (default: serve.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: serve.port, 8000)")
     parser.add_argument("--workers", type=int, help="server processes (default: serve.workers)")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=DEFAULT_DEADLINE_S,
+        metavar="SECONDS",
+        help="how long a request may wait for Redis: each Redis call times out at half of it"
+        " (and at redis.socket_timeout_s); then a forecast is answered from the model alone,"
+        f" uncached, and a latest forecast or /readyz is 503 (default {DEFAULT_DEADLINE_S})",
+    )
     parser.epilog = (
         "Settings come from --config (default ./config.toml) and TICKCAST_<SECTION>__<KEY>;"
         " the API uses [model], [redis], [cache], [window], [topics] (the ticks topic names the"
@@ -39,10 +55,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_app(settings: Settings) -> FastAPI:
+def build_app(settings: Settings, deadline_s: float = DEFAULT_DEADLINE_S) -> FastAPI:
     """Load and warm the model, make the Redis client (it connects on first use: /readyz says
     whether Redis answers, so the API starts before Redis and rides out its restarts), build the
-    app."""
+    app.
+
+    The client's timeouts are the request deadline's: a request waits for the batch in progress
+    and then its own, each at most one Redis call that may time out (a failed lookup skips the
+    fill, stream/serve/forecaster.py), so at half the deadline a call no request waits for
+    Redis much longer than the deadline, hung (SIGSTOP) or gone."""
     import numpy as np
     import redis
 
@@ -56,8 +77,8 @@ def build_app(settings: Settings) -> FastAPI:
         settings.redis.url,
         # ACL user, password, TLS files (redis.username, redis.password, redis.tls_*), as the stream
         **settings.redis.connection_kwargs(),
-        socket_timeout=settings.redis.socket_timeout_s,
-        socket_connect_timeout=settings.redis.socket_timeout_s,
+        socket_timeout=min(settings.redis.socket_timeout_s, deadline_s / 2),
+        socket_connect_timeout=min(settings.redis.socket_timeout_s, deadline_s / 2),
         decode_responses=False,
     )
     app = create_app(settings, predictor, client)
@@ -71,10 +92,13 @@ def build_app(settings: Settings) -> FastAPI:
 def app_factory() -> FastAPI:
     """A worker process's application (uvicorn --factory), from the command's settings."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return build_app(config.load(os.environ.get(CONFIG_ENV) or None))
+    deadline = float(os.environ.get(DEADLINE_ENV) or DEFAULT_DEADLINE_S)
+    return build_app(config.load(os.environ.get(CONFIG_ENV) or None), deadline)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.deadline > 0:  # NaN too
+        raise ConfigError(f"--deadline must be a number of seconds above 0, not {args.deadline}")
     settings = config.load(args.config)
     host = args.host or settings.serve.host
     port = settings.serve.port if args.port is None else args.port
@@ -97,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     # stop exits 0, as `tickcast run` does.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     if workers == 1:
-        app = build_app(settings)
+        app = build_app(settings, args.deadline)
         # SIGHUP: reload the model at the next batch boundary, as `tickcast run` does (with
         # several workers each checks model.path on its own every few seconds)
         signal.signal(signal.SIGHUP, lambda signum, frame: app.state.reload())
@@ -105,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.config:
             os.environ[CONFIG_ENV] = str(args.config)
+        os.environ[DEADLINE_ENV] = repr(args.deadline)
         uvicorn.run(
             "stream.serve.command:app_factory",
             factory=True,

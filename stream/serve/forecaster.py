@@ -12,6 +12,12 @@ load the requests that arrived during one batch form the next. Batching changes 
 answer: the predictor's output for a window does not depend on its batch (stream/predictor.py),
 and an output is cached before any answer built from it leaves, as in the stream.
 
+Redis is a cache here, never the answer: when a lookup fails or does not answer within its
+deadline (the cache client's socket timeout, stream/serve/app.py), the batch is computed by the
+model alone and not cached (`cached` false: the same bits, since the model gives a window the
+same output in any batch), and a fill that fails leaves the answers as they are. So a hung or
+lost Redis costs each batch at most one timeout, and no request waits for Redis longer than that.
+
 Redis and the model are called only from the worker thread (its own Redis connection through
 stream.redisio; the ONNX session is never shared), so the event loop never blocks on them.
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -35,7 +42,7 @@ import numpy.typing as npt
 from stream.cache import ForecastCache
 from stream.cache import digests as window_digests
 from stream.contracts import Source
-from stream.errors import ModelError, TickcastError
+from stream.errors import ModelError, StoreUnavailable, TickcastError
 from stream.pipeline import forecast_values, quantile_columns
 from stream.predictor import Predictor
 from stream.serve.metrics import ServeMetrics
@@ -80,11 +87,15 @@ class WindowMeta(msgspec.Struct, frozen=True, gc=False):
 
 
 class NotFinite(TickcastError):
-    """The model's output for a window is not finite: no forecast (the stream drops it too)."""
+    """No forecast for a window (the stream drops such a forecast too): the model's output is not
+    finite (`in_prices` False), or it is but a price made from it, last price x exp(quantile), is
+    not a finite float64 (`in_prices` True: the last price is too large for it)."""
 
-    def __init__(self, window_hash: str) -> None:
-        super().__init__(f"model output not finite for window_hash={window_hash}")
+    def __init__(self, window_hash: str, in_prices: bool = False) -> None:
+        what = "forecast price" if in_prices else "model output"
+        super().__init__(f"{what} not finite for window_hash={window_hash}")
         self.window_hash = window_hash
+        self.in_prices = in_prices
 
 
 @dataclass(slots=True)
@@ -116,6 +127,7 @@ class Forecaster:
         #: reload's check (stream/reload.py), which may call `use` with a new model
         self.between_batches: Callable[[], None] = lambda: None
         self.idle_s = 1.0
+        self._last_cache_warning = -math.inf
 
     def use(self, predictor: Predictor) -> None:
         """Serve `predictor` from the next batch on. Call it on the worker thread only (from
@@ -216,12 +228,21 @@ class Forecaster:
 
         outputs: dict[str, F64Array] = {}
         from_cache: set[str] = set()
-        for d, hit in zip(distinct, self.cache.get_many(distinct, version), strict=True):
+        cache_answered = True
+        try:
+            found = self.cache.get_many(distinct, version)
+        except StoreUnavailable as exc:
+            self._cache_unavailable("lookup", exc)
+            # the model alone, and no fill: Redis did not answer just now
+            cache_answered = False
+            found = [None] * len(distinct)
+        for d, hit in zip(distinct, found, strict=True):
             if hit is not None and hit.shape == (n_q,):
                 outputs[d] = hit
                 from_cache.add(d)
-        self.metrics.cache_requests.labels(result="hit").inc(len(from_cache))
-        self.metrics.cache_requests.labels(result="miss").inc(len(distinct) - len(from_cache))
+        if cache_answered:
+            self.metrics.cache_requests.labels(result="hit").inc(len(from_cache))
+            self.metrics.cache_requests.labels(result="miss").inc(len(distinct) - len(from_cache))
 
         misses = [d for d in distinct if d not in outputs]
         if misses:
@@ -242,8 +263,13 @@ class Forecaster:
                 if ok:
                     fills.append((d, row))
                     outputs[d] = row
-            # Cached before any answer leaves: a later request for the window gets these bits.
-            self.cache.put_many(fills, version)
+            # Cached before any answer leaves: a later request for the window gets these bits
+            # (recomputed, the same bits, if the fill fails).
+            if cache_answered:
+                try:
+                    self.cache.put_many(fills, version)
+                except StoreUnavailable as exc:
+                    self._cache_unavailable("fill", exc)
 
         interval = float(predictor.interval)
         produced_at = int(time.time() * 1000)
@@ -260,8 +286,9 @@ class Forecaster:
                 values = None if row is None else forecast_values(last, row, columns)
                 if values is None:
                     self.metrics.not_finite.inc()
-                    log.warning("model output not finite window_hash=%s", d)
-                    results.append(NotFinite(d))
+                    not_finite = NotFinite(d, in_prices=row is not None)
+                    log.warning("%s", not_finite)
+                    results.append(not_finite)
                     continue
                 cached = d in from_cache
                 counted[cached] += 1
@@ -286,6 +313,15 @@ class Forecaster:
         for cached, n in counted.items():
             if n:
                 self.metrics.forecasts.labels(cached=str(cached).lower()).inc(n)
+
+    def _cache_unavailable(self, what: str, exc: StoreUnavailable) -> None:
+        """Count a failed cache call; log the first of an outage and then one a minute at most
+        (while Redis hangs, every batch fails)."""
+        self.metrics.redis_errors.inc()
+        now = time.monotonic()
+        if now - self._last_cache_warning >= 60.0:
+            self._last_cache_warning = now
+            log.warning("cache %s failed, answering from the model alone: %s", what, exc)
 
 
 def _hand_back(jobs: list[Job], failed: BaseException | None) -> None:

@@ -94,7 +94,8 @@ class ServeMetrics:
         )
         self.redis_errors = Counter(
             f"{api}_redis_errors",
-            "Requests that failed because Redis did not answer",
+            "Redis calls that failed or passed their deadline (a forecast is then answered by"
+            " the model alone, a latest forecast is 503)",
             registry=registry,
         )
 

@@ -100,6 +100,96 @@ def test_not_json_is_422(api: Callable[..., TestClient]) -> None:
     assert response.json()["detail"][0]["type"] == "json_invalid"
 
 
+JSON_TYPES = ("application/json", "application/vnd.tickcast+json")  # the fast lane, FastAPI's route
+
+
+@pytest.mark.parametrize("content_type", JSON_TYPES)
+@pytest.mark.parametrize(
+    ("body", "loc", "kind"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, ["body", 0], "json_invalid"),  # deeper than any parser
+        (b'{"prices": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", ["body", 0], "json_invalid"),
+        (b'{"prices": [1900.5], "symbol": "\xff\xfe"}', ["body", 32], "json_invalid"),
+        # an integer Python will not convert (over 4,300 digits) is beyond any float64 too
+        (b'{"prices": [' + b"7" * 5_000 + b", 1.5]}", ["body", "prices", 0], "finite_number"),
+        (b'{"prices": [' + b"7" * 4_300 + b", 1.5]}", ["body", "prices", 0], "float_type"),
+        (b'{"prices": [1.5], "ts": ' + b"7" * 5_000 + b"}", ["body", "ts"], "int_type"),
+    ],
+)
+def test_a_body_python_cannot_parse_is_422_saying_where(
+    api: Callable[..., TestClient], body: bytes, loc: list[Any], kind: str, content_type: str
+) -> None:
+    """Bodies on which Python's JSON parser raises something else than a JSON error (deep
+    nesting, bytes that are not UTF-8, huge integers) were 400 "There was an error parsing the
+    body": now the README's 422, naming the position or the field (review finding)."""
+    http = api()
+    headers = {"content-type": content_type}
+    single = http.post("/v1/predict", content=body, headers=headers)
+    assert single.status_code == 422, single.text
+    errors = {(e["type"], tuple(e["loc"])): e["msg"] for e in single.json()["detail"]}
+    assert (kind, tuple(loc)) in errors  # (with "too_short" for a field error: one price)
+    if kind == "json_invalid":
+        assert "JSON decode error: " in errors[(kind, tuple(loc))]  # and why
+    in_batch = http.post(
+        "/v1/predict/batch", content=b'{"windows": [' + body + b"]}", headers=headers
+    )
+    assert in_batch.status_code == 422, in_batch.text
+    assert kind in {e["type"] for e in in_batch.json()["detail"]}
+
+
+@pytest.mark.parametrize("content_type", JSON_TYPES)
+@pytest.mark.parametrize(
+    ("prices", "named"),
+    [
+        ([5e-324, *window()[1:]], [0]),  # 5e-324 / 1900 is 0: log(0)
+        ([*window()[:59], 5e-324], [59]),  # 1900 / 5e-324 is infinite: named at the last price
+        ([1e-200, 1e-200, *window()[2:59], 1e200], [0, 1]),  # 1e-400 is 0 in float64
+    ],
+)
+def test_a_window_the_model_cannot_read_is_422_naming_the_price(
+    api: Callable[..., TestClient], prices: list[float], named: list[int], content_type: str
+) -> None:
+    """Every price is finite and above 0, but the model reads log(price / last price), which is
+    not finite for these: a 500 before, and one such window failed its whole batch with a 500
+    (review finding). Now the window is refused like any invalid one, naming the price."""
+    http = api()
+    headers = {"content-type": content_type}
+    single = http.post("/v1/predict", content=json.dumps({"prices": prices}), headers=headers)
+    assert single.status_code == 422, single.text
+    assert [e["loc"] for e in single.json()["detail"]] == [["body", "prices", j] for j in named]
+    assert {e["type"] for e in single.json()["detail"]} == {"price_ratio"}
+    good = {"prices": window(41)}
+    batch = {"windows": [good, {"prices": prices}]}
+    refused = http.post("/v1/predict/batch", content=json.dumps(batch), headers=headers)
+    assert [e["loc"] for e in refused.json()["detail"]] == [
+        ["body", "windows", 1, "prices", j] for j in named
+    ]
+    # the window the model can read, alone, is served (the 422 cost no model call)
+    assert post(http, "/v1/predict/batch", {"windows": [good]}).status_code == 200
+    # what decides is the ratio, not the size: 5e-324 beside a last price of 1 is log(5e-324)
+    assert post(http, "/v1/predict", {"prices": [5e-324, *[1.0] * 59]}).status_code == 200
+    assert "model output not finite" not in http.get("/metrics").text.replace("# HELP", "")
+
+
+@pytest.mark.parametrize("content_type", JSON_TYPES)
+def test_a_forecast_beyond_float64_is_422_at_the_last_price(
+    api: Callable[..., TestClient], content_type: str
+) -> None:
+    """A last price so near float64's largest that last price x exp(quantile) overflows: the
+    model's output is finite, the forecast price is not: 422 at the last price, not a 500."""
+    http = api()
+    headers = {"content-type": content_type}
+    prices = [1e308] * 59 + [1.79e308]
+    single = http.post("/v1/predict", content=json.dumps({"prices": prices}), headers=headers)
+    assert single.status_code == 422, single.text
+    (error,) = single.json()["detail"]
+    assert (error["type"], error["loc"]) == ("forecast_not_finite", ["body", "prices", 59])
+    batch = {"windows": [{"prices": window(42)}, {"prices": prices}]}
+    refused = http.post("/v1/predict/batch", content=json.dumps(batch), headers=headers)
+    assert refused.status_code == 422, refused.text
+    assert [e["loc"] for e in refused.json()["detail"]] == [["body", "windows", 1, "prices", 59]]
+
+
 def test_too_many_windows_is_422_naming_windows(api: Callable[..., TestClient]) -> None:
     http = api(TICKCAST_SERVE__MAX_BATCH_WINDOWS="3")
     ok = post(http, "/v1/predict/batch", {"windows": [{"prices": window(i)} for i in range(3)]})
@@ -351,13 +441,20 @@ def test_readyz_names_redis_when_it_is_down(api: Callable[..., TestClient], tmp_
         ready = http.get("/readyz")
         assert ready.status_code == 503
         assert f"redis unreachable at {private.url}" in ready.text
-        failed = post(http, "/v1/predict", {"prices": window(9)})
-        assert failed.status_code == 503
-        assert f"redis unavailable at {private.url}" in failed.json()["detail"]
+        # a forecast does not need the cache: the model alone answers, uncached, the same bits
+        alone = post(http, "/v1/predict", {"prices": window(9)})
+        assert alone.status_code == 200, alone.text
+        assert alone.json()["cached"] is False
+        latest = http.get("/v1/forecasts/XAUUSD")  # the windows are in Redis: that needs it
+        assert latest.status_code == 503
+        assert f"redis unavailable at {private.url}" in latest.json()["detail"]
         assert http.get("/healthz").status_code == 200  # alive, only not ready
         private.start()
         assert http.get("/readyz").status_code == 200
-        assert post(http, "/v1/predict", {"prices": window(9)}).status_code == 200
+        again = post(http, "/v1/predict", {"prices": window(9)})
+        assert fields(again.json()) == fields(alone.json())
+        assert again.json()["cached"] is False  # nothing was filled while Redis was gone
+        assert post(http, "/v1/predict", {"prices": window(9)}).json()["cached"] is True
     finally:
         private.kill()
 

@@ -27,19 +27,21 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 class ServeProcess:
     """`tickcast serve` on a free port, its output in a log file."""
 
-    def __init__(self, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(self, log_path: Path, env: dict[str, str], *args: str) -> None:
         self.port = free_port()
         self.log_path = log_path
         with log_path.open("w") as log_file:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.cli", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "stream.cli", "serve", "--port", str(self.port), *args],
                 cwd=ROOT,
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, timeout: float = 10
+    ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
             f"http://127.0.0.1:{self.port}{path}",
@@ -48,7 +50,7 @@ class ServeProcess:
             headers={"content-type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
                 raw = r.read()
                 status = r.status
         except urllib.error.HTTPError as e:
