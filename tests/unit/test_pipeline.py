@@ -11,6 +11,8 @@ import logging
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.cache import digest
 from stream.contracts import (
@@ -215,3 +217,44 @@ def test_nothing_to_forecast_calls_no_cache_or_model(
 def test_a_bad_late_policy_is_refused(parts: tuple[FakeStore, FakeCache, FakeModel]) -> None:
     with pytest.raises(ValueError, match="late_policy"):
         pipeline(parts, late_policy="ignore")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    prices=st.lists(st.floats(1.0, 1e6), min_size=W + 1, max_size=3 * W + 5),
+    symbols=st.integers(1, 3),
+    split=st.integers(1, 7),
+)
+def test_the_model_gets_each_missing_window_once_as_float64_rows_in_order(
+    prices: list[float], symbols: int, split: int
+) -> None:
+    """compute builds the model's matrix with np.array (issue 14): bit for bit what np.stack of
+    the misses' windows (own, or before for scoring) gave, C-contiguous float64."""
+    store, cache, model = FakeStore(before=True), FakeCache(), FakeModel()
+    p = Pipeline(store, cache, model, source_topic="ticks", clock_ms=lambda: 0)
+    records = [
+        Record(
+            "ticks",
+            0,
+            o,
+            f"S{o % symbols}".encode(),
+            encode_tick(f"S{o % symbols}", price, 1000 + o),
+        )
+        for o, price in enumerate(prices)
+    ]
+    for i in range(0, len(records), split):
+        prepared = p.prepare(records[i : i + split], MAX)
+        first = {}
+        for d, w in zip(prepared.digests, prepared.windows, strict=True):
+            first.setdefault(d, w.prices)
+        before = len(model.batches)
+        p.compute(prepared)
+        if not prepared.misses:
+            continue
+        rows = [prepared.extra[d] if d in prepared.extra else first[d] for d in prepared.misses]
+        expected = np.stack(rows).astype(np.float64)
+        (given_matrix,) = model.batches[before:]
+        assert given_matrix.dtype == np.float64 and given_matrix.flags.c_contiguous
+        assert given_matrix.tobytes() == expected.tobytes()
+        p.fill(prepared)
+        p.finish(prepared)
