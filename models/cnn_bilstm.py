@@ -71,31 +71,28 @@ def build_model(
     conv_filters: int = 24,
     lstm_units: int = 16,
     mix: float = 0.5,
+    members: int = 1,
 ) -> Any:
-    """A fresh, uncompiled functional keras.Model (import of Keras happens here)."""
+    """A fresh, uncompiled functional keras.Model (import of Keras happens here); `members`
+    CNN-Bi-LSTMs whose outputs are averaged (1: the single network, layers named as always)."""
     import keras
     from keras import layers
 
     returns = window - 1
     inp = keras.Input(shape=(window, 1), name="window", dtype="float32")
 
-    # The CNN-Bi-LSTM: the window (x10) through two strided convolutions and a Bi-LSTM.
-    x = layers.Rescaling(INPUT_SCALE, name="input_scale")(inp)
-    x = layers.Conv1D(conv_filters, 5, strides=2, padding="same", activation="relu", name="conv1")(
-        x
-    )
-    x = layers.Conv1D(conv_filters, 3, strides=2, padding="same", activation="relu", name="conv2")(
-        x
-    )
-    x = layers.Bidirectional(layers.LSTM(lstm_units), name="bilstm")(x)
-    x = layers.Dense(16, activation="relu", name="dense")(x)
-    median = layers.Dense(1, kernel_initializer="zeros", bias_initializer="zeros", name="median")(x)
-    lower_gap = layers.Dense(
-        1, activation="softplus", kernel_initializer="zeros", name="lower_gap"
-    )(x)
-    upper_gap = layers.Dense(
-        1, activation="softplus", kernel_initializer="zeros", name="upper_gap"
-    )(x)
+    # The CNN-Bi-LSTM: the window (x10) through two strided convolutions and a Bi-LSTM. With
+    # members > 1, that many such networks (trained apart, from different seeds) side by side,
+    # their medians and gaps averaged: an ensemble over seeds in one graph.
+    scaled = layers.Rescaling(INPUT_SCALE, name="input_scale")(inp)
+    towers = [tower(scaled, member_suffix(k), conv_filters, lstm_units) for k in range(members)]
+    if members == 1:
+        median, lower_gap, upper_gap = towers[0]
+    else:
+        median, lower_gap, upper_gap = (
+            layers.Average(name=f"{part}_mean")([t[i] for t in towers])
+            for i, part in enumerate(("median", "lower_gap", "upper_gap"))
+        )
     lower_gap = layers.Rescaling(OFFSET_SCALE, name="lower_gap_scale")(lower_gap)
     upper_gap = layers.Rescaling(OFFSET_SCALE, name="upper_gap_scale")(upper_gap)
 
@@ -145,6 +142,40 @@ def build_model(
     set_mix(model, mix)
     set_calibration(model, 1.0, 1.0)
     return model
+
+
+def member_suffix(member: int) -> str:
+    """Layer-name suffix of ensemble member `member`: none for the first (the names a single
+    network has always had), `_m1`, `_m2`, .. after it."""
+    return "" if member == 0 else f"_m{member}"
+
+
+#: The CNN-Bi-LSTM's own layers, per member (with member_suffix).
+NETWORK_LAYERS = ("conv1", "conv2", "bilstm", "dense", "median", "lower_gap", "upper_gap")
+
+
+def tower(x: Any, suffix: str, conv_filters: int, lstm_units: int) -> tuple[Any, Any, Any]:
+    """One CNN-Bi-LSTM on the scaled window: its median and its two softplus gaps (unscaled)."""
+    from keras import layers
+
+    x = layers.Conv1D(
+        conv_filters, 5, strides=2, padding="same", activation="relu", name=f"conv1{suffix}"
+    )(x)
+    x = layers.Conv1D(
+        conv_filters, 3, strides=2, padding="same", activation="relu", name=f"conv2{suffix}"
+    )(x)
+    x = layers.Bidirectional(layers.LSTM(lstm_units), name=f"bilstm{suffix}")(x)
+    x = layers.Dense(16, activation="relu", name=f"dense{suffix}")(x)
+    median = layers.Dense(
+        1, kernel_initializer="zeros", bias_initializer="zeros", name=f"median{suffix}"
+    )(x)
+    lower_gap = layers.Dense(
+        1, activation="softplus", kernel_initializer="zeros", name=f"lower_gap{suffix}"
+    )(x)
+    upper_gap = layers.Dense(
+        1, activation="softplus", kernel_initializer="zeros", name=f"upper_gap{suffix}"
+    )(x)
+    return median, lower_gap, upper_gap
 
 
 def set_mix(model: Any, mix: float) -> None:

@@ -118,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         "backend": args.backend,
         "data": Path(args.data).name,
         "mix": manifest.raw.get("architecture", {}).get("mix"),
+        "members": manifest.raw.get("architecture", {}).get("members", 1),
+        "member_seeds": manifest.raw.get("training", {}).get("member_seeds"),
         "calibration": manifest.raw.get("calibration"),
         **report,
     }
@@ -350,6 +352,53 @@ def _fmt_p(p: float | None) -> str:
     return "n/a" if p is None or p != p else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 
 
+def garch_comparison(part: dict[str, Any], level: float) -> list[str]:
+    """Where GARCH-t beats the model on these rows, and where the model beats GARCH-t, said
+    plainly (lower loss, coverage nearer the level, larger test p-values are better)."""
+    m, g = part["forecasters"][MODEL], part["forecasters"]["garch_t"]
+    mi, gi = m["interval"], g["interval"]
+    checks = [
+        ("Winkler score", mi["winkler"], gi["winkler"], True),
+        ("pinball loss", m["pinball"], g["pinball"], True),
+        ("MAE", m["point"]["mae"], g["point"]["mae"], True),
+        ("coverage error", abs(mi["coverage"] - level), abs(gi["coverage"] - level), True),
+        ("Kupiec p", mi["kupiec"]["p_value"], gi["kupiec"]["p_value"], False),
+        (
+            "Kupiec p lower tail",
+            mi["kupiec_lower"]["p_value"],
+            gi["kupiec_lower"]["p_value"],
+            False,
+        ),
+        (
+            "Kupiec p upper tail",
+            mi["kupiec_upper"]["p_value"],
+            gi["kupiec_upper"]["p_value"],
+            False,
+        ),
+        (
+            "Christoffersen p",
+            mi["christoffersen"]["p_value"],
+            gi["christoffersen"]["p_value"],
+            False,
+        ),
+        (
+            "top-volatility coverage error",
+            abs(mi["coverage_top_vol_fifth"] - level),
+            abs(gi["coverage_top_vol_fifth"] - level),
+            True,
+        ),
+    ]
+    model_wins = [name for name, a, b, lower in checks if (a < b if lower else a > b)]
+    garch_wins = [name for name, a, b, lower in checks if (b < a if lower else b > a)]
+    dm = part["dm"]["garch_t"]["winkler"]
+    return [
+        f"Against GARCH-t on these rows the model is better on: {', '.join(model_wins) or 'none'};"
+        f" GARCH-t is better on: {', '.join(garch_wins) or 'none'}. The Winkler difference"
+        f" {dm['mean_diff']:+.3f} has DM p {_fmt_p(dm['p_value'])}"
+        + (" (significant at 5 %)." if dm["p_value"] < 0.05 else " (not significant at 5 %)."),
+    ]
+
+
 def part_table(part: dict[str, Any]) -> list[str]:
     lines = [
         "| forecaster | MAE | RMSE | MASE | coverage | below / above | mean width | Winkler"
@@ -396,6 +445,14 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
         "Mariano, HLN-corrected, Newey-West; in brackets the mean loss difference model minus"
         " baseline (negative: the model is better).",
     ]
+    members = int(report.get("members") or 1)
+    if members > 1:
+        seeds = report.get("member_seeds") or []
+        lines.append(
+            f"The CNN-Bi-LSTM is an ensemble of {members} networks trained apart (seeds"
+            f" {', '.join(str(x) for x in seeds)}, those with the lowest validation loss), their"
+            " quantiles averaged inside the graph."
+        )
     if report.get("mix") is not None:
         lines.append(
             f"The model's quantiles are {report['mix']:g} x CNN-Bi-LSTM + {1 - report['mix']:g} x"
@@ -403,10 +460,16 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
         )
     cal = report.get("calibration") or {}
     if cal.get("method", "none") != "none":
-        lines.append(
-            f"Conformal calibration on the validation rows: lower gap x {cal['lower']:.4f},"
-            f" upper gap x {cal['upper']:.4f} (inside the model)."
-        )
+        if cal["lower"] == cal["upper"]:
+            lines.append(
+                "Conformal calibration on the validation rows: both gaps x"
+                f" {cal['lower']:.4f}, one factor for the interval (inside the model)."
+            )
+        else:
+            lines.append(
+                f"Conformal calibration on the validation rows: lower gap x {cal['lower']:.4f},"
+                f" upper gap x {cal['upper']:.4f} (inside the model)."
+            )
     lines += [
         "",
         f"## Test rows: {t['first']} to {t['last']}, n = {t['n']} (held out)",
@@ -434,6 +497,8 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
         lines.append("")
         share = ", ".join(f"{k}: {x:.3f}" for k, x in m["share_below"].items())
         lines += [f"Share of test prices below each model quantile: {share}.", ""]
+    if "garch_t" in t["forecasters"]:
+        lines += [*garch_comparison(t, level), ""]
     if report.get("targets"):
         lines += ["### Issue 12's targets on the test rows", "", "| target | measured | met |"]
         lines.append("|---|---|---|")

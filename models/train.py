@@ -51,6 +51,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     parser.add_argument("--learning-rate", type=float, default=DEFAULTS["learning_rate"])
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument(
+        "--seeds",
+        type=_seeds_arg,
+        default=None,
+        metavar="S1,S2,..",
+        help="train one CNN-Bi-LSTM per seed (default: --seed alone) and keep the --members with"
+        " the lowest validation loss",
+    )
+    parser.add_argument(
+        "--members",
+        type=int,
+        default=1,
+        help="networks in the artifact (default 1); more than one: an ensemble over seeds, their"
+        " quantiles averaged inside the one graph (serving cost grows about linearly)",
+    )
     parser.add_argument("--conv-filters", type=int, default=DEFAULTS["conv_filters"])
     parser.add_argument("--lstm-units", type=int, default=DEFAULTS["lstm_units"])
     parser.add_argument("--window", type=int, default=60, help="prices per window (default 60)")
@@ -87,11 +102,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--calibration",
-        choices=("cqr", "none"),
-        default="cqr",
-        help="cqr (default): scale each tail's gap so that the validation rows see its nominal"
-        " miss rate (conformalised quantile regression); none: leave the trained gaps",
+        choices=("symmetric", "cqr", "none"),
+        default="symmetric",
+        help="symmetric (default): one factor for both gaps so that the validation rows see the"
+        " interval's nominal miss rate (conformalised quantile regression on the interval);"
+        " cqr: one factor per tail, each tail at its own miss rate; none: leave the gaps",
     )
+
+
+def _seeds_arg(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of ints"
+        ) from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more distinct seeds")
+    return seeds
 
 
 def _mix_arg(text: str) -> str:
@@ -151,8 +179,10 @@ def run(args: argparse.Namespace) -> int:
     from models.artifact import set_current, write_artifact, write_manifest
     from models.cnn_bilstm import (
         INTERVAL,
+        NETWORK_LAYERS,
         QUANTILES,
         build_model,
+        member_suffix,
         pinball_loss,
         set_calibration,
         set_mix,
@@ -187,37 +217,73 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
 
-    keras.utils.set_random_seed(args.seed)
     tf.config.experimental.enable_op_determinism()
     fixed_mix = None if args.mix == "auto" else float(args.mix)
-    model = build_model(
-        window,
-        conv_filters=args.conv_filters,
-        lstm_units=args.lstm_units,
-        mix=args.train_mix,
-    )
-    initialised_from = None
-    if args.init_from:
-        initialised_from = init_from_artifact(model, resolve_artifact(args.init_from))
+    seeds: list[int] = args.seeds or [args.seed]
+    if not args.init_from and not 1 <= args.members <= len(seeds):
+        raise DataError(f"--members {args.members} needs at least that many --seeds ({seeds})")
+    if args.init_from and len(seeds) > 1:
+        raise DataError("--init-from starts one model: give one seed, not --seeds")
     loss = pinball_loss(QUANTILES)
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss)
     started = time.perf_counter()
-    val_losses: list[float] = []
-    if args.epochs > 0:
-        stopper = keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=args.patience, restore_best_weights=True
+
+    def train_one(seed: int, members: int) -> tuple[Any, list[float], str | None]:
+        keras.utils.set_random_seed(seed)
+        model = build_model(
+            window,
+            conv_filters=args.conv_filters,
+            lstm_units=args.lstm_units,
+            mix=args.train_mix,
+            members=members,
         )
-        history = model.fit(
-            x_train,
-            y_train,
-            validation_data=(x_val, y_val),
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            shuffle=True,
-            verbose=0,
-            callbacks=[stopper, _progress_callback(args.epochs)],
+        source = None
+        if args.init_from:
+            source = init_from_artifact(model, resolve_artifact(args.init_from))
+        model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss)
+        losses: list[float] = []
+        if args.epochs > 0:
+            stopper = keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=args.patience, restore_best_weights=True
+            )
+            history = model.fit(
+                x_train,
+                y_train,
+                validation_data=(x_val, y_val),
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                shuffle=True,
+                verbose=0,
+                callbacks=[stopper, _progress_callback(args.epochs)],
+            )
+            losses = [float(v) for v in history.history["val_loss"]]
+        return model, losses, source
+
+    initialised_from = None
+    if len(seeds) == 1:  # one network (or an --init-from artifact with its own members)
+        model, val_losses, initialised_from = train_one(seeds[0], args.members)
+        candidates = {seeds[0]: val_losses}
+        kept = seeds
+    else:
+        # Each member is trained alone from its seed (the mix it trains under is --train-mix);
+        # the --members with the lowest validation loss are kept: chosen on validation only.
+        trained = {seed: train_one(seed, 1) for seed in seeds}
+        candidates = {seed: losses for seed, (_, losses, _) in trained.items()}
+        kept = sorted(seeds, key=lambda sd: min(candidates[sd], default=float("inf")))
+        kept = kept[: args.members]
+        model = build_model(
+            window,
+            conv_filters=args.conv_filters,
+            lstm_units=args.lstm_units,
+            mix=args.train_mix,
+            members=args.members,
         )
-        val_losses = [float(v) for v in history.history["val_loss"]]
+        for member, seed in enumerate(kept):
+            source = trained[seed][0]
+            for name in NETWORK_LAYERS:
+                target = model.get_layer(name + member_suffix(member))
+                target.set_weights(source.get_layer(name).get_weights())
+        val_losses = candidates[kept[0]]
+        log.info("members: seeds %s of %s (validation loss)", kept, seeds)
     seconds = time.perf_counter() - started
     best_epoch = int(np.argmin(val_losses)) + 1 if val_losses else 0
 
@@ -245,15 +311,27 @@ def run(args: argparse.Namespace) -> int:
         "upper": 1.0,
         "validation_pinball_pct": val_pinball_before,
     }
-    if args.calibration == "cqr":
+    if args.calibration != "none":
         q = np.asarray(model(x_val, training=False), dtype=np.float64)
-        lower, upper = conformal_factors(q, y_val.astype(np.float64), QUANTILES)
+        if args.calibration == "cqr":
+            lower, upper = conformal_factors(q, y_val.astype(np.float64), QUANTILES)
+            method = (
+                "conformalised quantile regression on the validation rows, one multiplicative"
+                " factor per tail on the gap between the median and the outer quantile (the"
+                " ceil((n + 1)(1 - tau))-th smallest gap ratio), inside the model"
+            )
+        else:
+            lower = upper = symmetric_factor(q, y_val.astype(np.float64), QUANTILES)
+            method = (
+                "conformalised quantile regression on the validation rows, one multiplicative"
+                " factor for both gaps (the ceil((n + 1) * level)-th smallest of the larger gap"
+                " ratio), inside the model: a factor per tail would carry the validation years'"
+                " drift into the tails"
+            )
         set_calibration(model, lower, upper)
         calibrated = val_pinball()
         calibration = {
-            "method": "conformalised quantile regression on the validation rows, one"
-            " multiplicative factor per tail on the gap between the median and the outer quantile"
-            " (the ceil((n + 1)(1 - tau))-th smallest gap ratio), inside the model",
+            "method": method,
             "rows": "validation",
             "lower": lower,
             "upper": upper,
@@ -273,6 +351,8 @@ def run(args: argparse.Namespace) -> int:
             "conv_filters": args.conv_filters,
             "lstm_units": args.lstm_units,
             "parameters": int(model.count_params()),
+            "members": len(kept) if not args.init_from else member_count(model),
+            "ensemble": "members' medians and gaps averaged inside the graph",
             "volatility_branch": "four non-negative filters over |returns| of the window"
             " (started as 5-, 20-, 59-day means and EWMA 0.94), mixed into sigma; quantiles"
             " median 0 +- 1.2816 sigma",
@@ -301,7 +381,14 @@ def run(args: argparse.Namespace) -> int:
             "best_epoch": best_epoch,
             "best_val_loss": min(val_losses) if val_losses else None,
             "early_stopping": f"val_loss, patience {args.patience}, restore best weights",
-            "seed": args.seed,
+            "seed": kept[0],
+            "seeds_trained": seeds,
+            "member_seeds": kept,
+            "member_rule": "each member trained alone from its seed; the members with the lowest"
+            " validation loss are kept",
+            "best_val_loss_by_seed": {
+                str(seed): (min(losses) if losses else None) for seed, losses in candidates.items()
+            },
             "seconds": round(seconds, 1),
         },
         "calibration": calibration,
@@ -337,24 +424,59 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The CNN-Bi-LSTM's own layers (those --init-from copies).
-NETWORK_LAYERS = ("conv1", "conv2", "bilstm", "dense", "median", "lower_gap", "upper_gap")
-
-
 def init_from_artifact(model: Any, folder: Path) -> str:
-    """Copy the CNN-Bi-LSTM layers' weights from folder/model.keras (checked against its
-    manifest's sha256); returns the source version."""
+    """Copy the CNN-Bi-LSTM layers' weights (every member's) from folder/model.keras, checked
+    against its manifest's sha256; the source must have as many members. Returns its version."""
     import keras
 
+    from models.cnn_bilstm import NETWORK_LAYERS, member_suffix
+    from stream.errors import ModelError
     from stream.predictor import KERAS_FILE, verify_artifact
 
     manifest = verify_artifact(
         folder, window_size=model.input_shape[1], horizon=1, files=(KERAS_FILE,)
     )
     source = keras.saving.load_model(str(folder / KERAS_FILE), compile=False)
-    for name in NETWORK_LAYERS:
-        model.get_layer(name).set_weights(source.get_layer(name).get_weights())
+    mine, theirs = member_count(model), member_count(source)
+    if mine != theirs:
+        raise ModelError(f"--init-from {folder} has {theirs} member(s), the new model {mine}")
+    for member in range(mine):
+        for name in NETWORK_LAYERS:
+            layer = name + member_suffix(member)
+            model.get_layer(layer).set_weights(source.get_layer(layer).get_weights())
     return manifest.version
+
+
+def member_count(model: Any) -> int:
+    """How many CNN-Bi-LSTMs a model holds (layers conv1, conv1_m1, ..)."""
+    from models.cnn_bilstm import member_suffix
+
+    names = {layer.name for layer in model.layers}
+    count = 0
+    while "conv1" + member_suffix(count) in names:
+        count += 1
+    return count
+
+
+def symmetric_factor(q: Any, y: Any, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> float:
+    """One factor c for both gaps so that [median - c * lower gap, median + c * upper gap] misses
+    a share 1 - level of calibration rows (level = quantiles[-1] - quantiles[0]).
+
+    The score of a row is the larger of its two gap ratios, (median - y) / lower_gap and
+    (y - median) / upper_gap; c is its ceil((n + 1) * level)-th smallest value (split-conformal
+    on the interval, Romano et al. 2019, multiplicative). Which tail the misses fall in is left
+    to the model's own gaps.
+    """
+    import numpy as np
+
+    mid = quantiles.index(0.5)
+    median = q[:, mid]
+    lower_gap = np.maximum(median - q[:, 0], 1e-12)
+    upper_gap = np.maximum(q[:, -1] - median, 1e-12)
+    scores = np.maximum((median - y) / lower_gap, (y - median) / upper_gap)
+    n = y.shape[0]
+    k = min(n, int(np.ceil((n + 1) * (quantiles[-1] - quantiles[0]))))
+    return float(np.sort(scores)[k - 1])
 
 
 def conformal_factors(

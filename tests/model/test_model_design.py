@@ -94,3 +94,44 @@ def test_conformal_factors_by_hand() -> None:
     lo, hi = conformal_factors(np.tile([-1.0, 0.0, 1.0], (999, 1)), yy)
     assert np.mean(yy < -lo) <= 0.1 and np.mean(yy < -lo) >= 0.098
     assert np.mean(yy > hi) <= 0.1 and np.mean(yy > hi) >= 0.098
+
+
+def test_an_ensemble_outputs_the_mean_of_its_members() -> None:
+    from models.cnn_bilstm import NETWORK_LAYERS, build_model, member_suffix, set_mix
+
+    rng = np.random.default_rng(5)
+    ensemble = build_model(60, members=3)
+    singles = [build_model(60) for _ in range(3)]
+    for member, single in enumerate(singles):
+        for name in NETWORK_LAYERS:
+            weights = [
+                w + rng.normal(0, 0.3, w.shape).astype(np.float32)
+                for w in single.get_layer(name).get_weights()
+            ]
+            single.get_layer(name).set_weights(weights)
+            ensemble.get_layer(name + member_suffix(member)).set_weights(weights)
+    x = relative(windows(32))
+    for mix in (1.0, 0.6):
+        for m in (ensemble, *singles):
+            set_mix(m, mix)
+        mean = np.mean([np.asarray(s(x, training=False)) for s in singles], axis=0)
+        out = np.asarray(ensemble(x, training=False))
+        assert np.ptp(out[:, 1]) > 1e-5  # the members' medians moved: the check means something
+        np.testing.assert_allclose(out, mean, rtol=1e-5, atol=1e-7)
+        assert np.all(np.diff(out, axis=1) >= 0)
+
+
+def test_symmetric_factor_by_hand() -> None:
+    from models.train import symmetric_factor
+
+    # median 0, lower gap 1, upper gap 2: the score is max(-y, y / 2)
+    y = np.array([-5.0, -1.0, 0.0, 2.0, 3.0, 4.0, 8.0, -0.5, 1.0])  # n = 9: k = ceil(10 * 0.8) = 8
+    q = np.tile([-1.0, 0.0, 2.0], (9, 1))
+    # scores 5, 1, 0, 1, 1.5, 2, 4, 0.5, 0.5 -> sorted 0, .5, .5, 1, 1, 1.5, 2, 4, 5: the 8th is 4
+    assert symmetric_factor(q, y) == 4.0
+    # the interval scaled by the factor misses (at most) a 1 - 0.8 share of the rows
+    rng = np.random.default_rng(6)
+    yy = rng.standard_t(5, 1999) + 0.3  # a drift: the misses need not split evenly
+    c = symmetric_factor(np.tile([-1.0, 0.0, 1.5], (1999, 1)), yy)
+    miss = (yy < -c) | (yy > 1.5 * c)
+    assert 0.199 <= np.mean(miss) <= 0.2

@@ -87,3 +87,34 @@ def test_train_evaluate_export_on_a_slice(tmp_path: Path) -> None:
     onnx = load_predictor(ModelSettings(path=str(exported)), window_size=60)
     tf = load_predictor(ModelSettings(path=str(exported), backend="tensorflow"), window_size=60)
     assert np.max(np.abs(onnx.predict_batch(windows) - tf.predict_batch(windows))) <= 1e-5
+
+
+def test_train_an_ensemble_over_seeds_keeps_the_best_members(tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    args = ["train", "--limit-rows", "1500", "--epochs", "2", "--out", str(root)]
+    assert main([*args, "--seeds", "3,4,5", "--members", "2", "--calibration", "cqr"]) == 0
+    folder = only_artifact(root)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    training = manifest["training"]
+    assert training["seeds_trained"] == [3, 4, 5]
+    losses = {int(k): v for k, v in training["best_val_loss_by_seed"].items()}
+    # the two members are the seeds with the lowest validation loss, best first
+    assert training["member_seeds"] == sorted(losses, key=lambda s: losses[s])[:2]
+    assert manifest["architecture"]["members"] == 2
+    assert manifest["calibration"]["lower"] != manifest["calibration"]["upper"]  # per tail
+    # two LSTMs in the one served graph, and ONNX computes what TensorFlow computes
+    rng = np.random.default_rng(4)
+    windows = 1500 * np.exp(np.cumsum(rng.normal(0, 0.01, (100, 60)), axis=1))
+    onnx = load_predictor(ModelSettings(path=str(folder)), window_size=60)
+    tf = load_predictor(ModelSettings(path=str(folder), backend="tensorflow"), window_size=60)
+    assert np.max(np.abs(onnx.predict_batch(windows) - tf.predict_batch(windows))) <= 1e-5
+
+
+def test_train_refuses_more_members_than_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "artifacts"
+    args = ["train", "--limit-rows", "1500", "--epochs", "1", "--out", str(root)]
+    assert main([*args, "--seeds", "3", "--members", "2"]) != 0
+    assert "--members 2 needs at least that many --seeds" in capsys.readouterr().err
+    assert not root.exists() or not any(root.iterdir())
