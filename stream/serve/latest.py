@@ -18,8 +18,8 @@ successor republishes it) is answered too: the forecast that will be published, 
 The key's layout is the store's (stream/windows.py, "Layout"): a header of float64s (layout
 version, capacity C, count of entries ever appended, lineage start, last ts, last offset, last
 lineage, first held seq), then C prices and C entries of (offset, ts, lineage) as float64s, in a
-ring (slot = seq mod C). tests/serve/test_latest.py holds this reader to windows the real
-WindowStore appended, so a change of the layout fails there.
+ring (slot = seq mod C). The latest-forecast tests of tests/serve/test_api.py hold this reader
+to windows the real WindowStore appended, so a change of the layout fails there.
 """
 
 from __future__ import annotations
