@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -175,11 +176,12 @@ def test_a_window_the_model_cannot_read_is_422_naming_the_price(
 def test_a_forecast_beyond_float64_is_422_at_the_last_price(
     api: Callable[..., TestClient], content_type: str
 ) -> None:
-    """A last price so near float64's largest that last price x exp(quantile) overflows: the
+    """A last price at float64's largest, so last price x exp(quantile) overflows: the
     model's output is finite, the forecast price is not: 422 at the last price, not a 500."""
     http = api()
     headers = {"content-type": content_type}
-    prices = [1e308] * 59 + [1.79e308]
+    # float64's largest: any upper quantile above 0 (an interval above the last price) passes it
+    prices = [1e308] * 59 + [sys.float_info.max]
     single = http.post("/v1/predict", content=json.dumps({"prices": prices}), headers=headers)
     assert single.status_code == 422, single.text
     (error,) = single.json()["detail"]
