@@ -503,6 +503,11 @@ class ServeSettings(_Section):
     max_body_bytes: int = Field(default=2_097_152, ge=1024, le=67_108_864)
     #: server processes (each loads the model once); 0: one per CPU
     workers: int = Field(default=1, ge=0, le=64)
+    #: seconds a request may wait for Redis: each Redis call times out at half of it (and at
+    #: redis.socket_timeout_s); then a forecast is answered from the model alone, uncached, and a
+    #: latest forecast or /readyz is 503. Redis answers in well under a millisecond; this only has
+    #: to outlast a busy moment, and bounds what a hung Redis costs a request.
+    deadline_s: float = Field(default=0.5, gt=0, le=60)
 
 
 class FormatSettings(_Section):

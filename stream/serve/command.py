@@ -27,12 +27,6 @@ log = logging.getLogger(__name__)
 #: Where a worker process finds the --config path of the command that started it. Not TICKCAST_*:
 #: that namespace holds settings only (an unknown TICKCAST_ name is a configuration error).
 CONFIG_ENV = "_TICKCAST_SERVE_CONFIG"
-#: ... and the --deadline of that command
-DEADLINE_ENV = "_TICKCAST_SERVE_DEADLINE"
-
-#: Seconds a request may wait for Redis (--deadline). Redis answers in well under a millisecond
-#: here; this only has to outlast a busy moment, and bounds what a hung Redis costs a request.
-DEFAULT_DEADLINE_S = 0.5
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,11 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--deadline",
         type=float,
-        default=DEFAULT_DEADLINE_S,
         metavar="SECONDS",
         help="how long a request may wait for Redis: each Redis call times out at half of it"
         " (and at redis.socket_timeout_s); then a forecast is answered from the model alone,"
-        f" uncached, and a latest forecast or /readyz is 503 (default {DEFAULT_DEADLINE_S})",
+        " uncached, and a latest forecast or /readyz is 503 (default: serve.deadline_s, 0.5)",
     )
     parser.epilog = (
         "Settings come from --config (default ./config.toml) and TICKCAST_<SECTION>__<KEY>;"
@@ -55,7 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_app(settings: Settings, deadline_s: float = DEFAULT_DEADLINE_S) -> FastAPI:
+def build_app(settings: Settings) -> FastAPI:
     """Load and warm the model, make the Redis client (it connects on first use: /readyz says
     whether Redis answers, so the API starts before Redis and rides out its restarts), build the
     app.
@@ -67,6 +60,7 @@ def build_app(settings: Settings, deadline_s: float = DEFAULT_DEADLINE_S) -> Fas
     import numpy as np
     import redis
 
+    deadline_s = settings.serve.deadline_s
     from stream.predictor import load_predictor
     from stream.serve.app import create_app
 
@@ -92,13 +86,17 @@ def build_app(settings: Settings, deadline_s: float = DEFAULT_DEADLINE_S) -> Fas
 def app_factory() -> FastAPI:
     """A worker process's application (uvicorn --factory), from the command's settings."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    deadline = float(os.environ.get(DEADLINE_ENV) or DEFAULT_DEADLINE_S)
-    return build_app(config.load(os.environ.get(CONFIG_ENV) or None), deadline)
+    return build_app(config.load(os.environ.get(CONFIG_ENV) or None))
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.deadline > 0:  # NaN too
-        raise ConfigError(f"--deadline must be a number of seconds above 0, not {args.deadline}")
+    if args.deadline is not None:
+        if not 0 < args.deadline <= 60:  # NaN too
+            raise ConfigError(
+                f"--deadline must be a number of seconds above 0 and at most 60, not {args.deadline}"
+            )
+        # A setting like any other, so the worker processes read it from the environment too.
+        os.environ["TICKCAST_SERVE__DEADLINE_S"] = repr(args.deadline)
     settings = config.load(args.config)
     host = args.host or settings.serve.host
     port = settings.serve.port if args.port is None else args.port
@@ -121,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     # stop exits 0, as `tickcast run` does.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     if workers == 1:
-        app = build_app(settings, args.deadline)
+        app = build_app(settings)
         # SIGHUP: reload the model at the next batch boundary, as `tickcast run` does (with
         # several workers each checks model.path on its own every few seconds)
         signal.signal(signal.SIGHUP, lambda signum, frame: app.state.reload())
@@ -129,7 +127,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.config:
             os.environ[CONFIG_ENV] = str(args.config)
-        os.environ[DEADLINE_ENV] = repr(args.deadline)
         uvicorn.run(
             "stream.serve.command:app_factory",
             factory=True,

@@ -113,6 +113,12 @@ def test_future_bound_and_dead_letter_size_from_the_environment() -> None:
     assert s.processing.dead_letter_max_bytes == 1_048_576
 
 
+def test_the_api_deadline_is_a_setting() -> None:
+    assert config.load(ROOT / "config.toml", environ={}).serve.deadline_s == 0.5
+    s = config.load(ROOT / "config.toml", environ={"TICKCAST_SERVE__DEADLINE_S": "0.2"})
+    assert s.serve.deadline_s == 0.2
+
+
 @pytest.mark.parametrize(
     ("env", "named"),
     [
@@ -122,6 +128,8 @@ def test_future_bound_and_dead_letter_size_from_the_environment() -> None:
         ({"TICKCAST_PROCESSING__DEAD_LETTER_MAX_BYTES": "-1"}, "processing.dead_letter_max_bytes"),
         ({"TICKCAST_PROCESSING__DEAD_LETTER_MAX_BYTES": "100"}, "processing.dead_letter_max_bytes"),
         ({"TICKCAST_PROCESSING__DEAD_LETTER_MAX_BYTES": "1MB"}, "processing.dead_letter_max_bytes"),
+        ({"TICKCAST_SERVE__DEADLINE_S": "0"}, "serve.deadline_s"),
+        ({"TICKCAST_SERVE__DEADLINE_S": "nan"}, "serve.deadline_s"),
     ],
 )
 def test_bad_future_bound_or_dead_letter_size_names_the_key(
