@@ -157,14 +157,26 @@ class Prepared:
     shadow: Prepared | None = None
 
 
-def quantile_columns(quantiles: Sequence[float]) -> tuple[int, int, int]:
-    """(lower, median, upper) output columns of a model with these quantiles (the stream's and
-    the HTTP API's, stream/serve)."""
+def quantile_columns(quantiles: Sequence[float], interval: float) -> tuple[int, int, int]:
+    """(lower, median, upper) output columns of a model with these quantiles whose forecasts carry
+    a central `interval` (0.8: the 0.1 and 0.9 quantiles), the stream's and the HTTP API's
+    (stream/serve). Found by value, not position: a model with more quantiles (0.05 .. 0.95)
+    still serves the interval its manifest names."""
     qs = list(quantiles)
-    medians = [i for i, q in enumerate(qs) if abs(q - 0.5) < 1e-9]
-    if not medians or any(a >= b for a, b in itertools.pairwise(qs)):
-        raise ModelError(f"model quantiles {qs} must be ascending and include 0.5")
-    return 0, medians[0], len(qs) - 1
+    if any(a >= b for a, b in itertools.pairwise(qs)):
+        raise ModelError(f"model quantiles {qs} must be ascending")
+
+    def column(q: float) -> int:
+        found = [i for i, have in enumerate(qs) if abs(have - q) < 1e-9]
+        if not found:
+            raise ModelError(
+                f"model quantiles {qs} have no {q:g} quantile (the median, or a bound of the"
+                f" manifest's {interval:g} interval)"
+            )
+        return found[0]
+
+    tail = (1.0 - interval) / 2.0
+    return column(tail), column(0.5), column(1.0 - tail)
 
 
 def forecast_values(
@@ -226,7 +238,8 @@ class Pipeline:
 
     def _quantile_indices(self, predictor: PredictorLike | None = None) -> tuple[int, int, int]:
         """(lower, median, upper) columns of the model's outputs; read per batch (hot reload)."""
-        return quantile_columns((predictor or self.predictor).quantiles)
+        chosen = predictor or self.predictor
+        return quantile_columns(chosen.quantiles, chosen.interval)
 
     def process(self, records: Sequence[Record], max_message_bytes: int) -> BatchResult:
         """The whole batch, in order: prepare, compute, fill, finish."""

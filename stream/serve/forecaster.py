@@ -119,7 +119,7 @@ class Forecaster:
         self.predictor = predictor
         self.cache = cache
         self.metrics = metrics
-        self._columns = quantile_columns(predictor.quantiles)
+        self._columns = quantile_columns(predictor.quantiles, predictor.interval)
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="tickcast-serve-model", daemon=True)
         self._started = False
@@ -132,7 +132,7 @@ class Forecaster:
     def use(self, predictor: Predictor) -> None:
         """Serve `predictor` from the next batch on. Call it on the worker thread only (from
         `between_batches`), so a batch is computed and cached by one model."""
-        self._columns = quantile_columns(predictor.quantiles)
+        self._columns = quantile_columns(predictor.quantiles, predictor.interval)
         self.predictor = predictor
 
     # ------------------------------------------------------------ lifecycle

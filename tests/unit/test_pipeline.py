@@ -24,7 +24,7 @@ from stream.contracts import (
     encode_tick,
 )
 from stream.errors import ModelError
-from stream.pipeline import Pipeline
+from stream.pipeline import Pipeline, quantile_columns
 from stream.windows import OUTCOMES
 from tests.fakes import FakeCache, FakeModel, FakeStore, W
 
@@ -178,7 +178,7 @@ def test_quantiles_must_include_the_median(
     parts: tuple[FakeStore, FakeCache, FakeModel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(FakeModel, "quantiles", (0.1, 0.9))
-    with pytest.raises(ModelError, match=r"include 0\.5"):
+    with pytest.raises(ModelError, match=r"no 0\.5 quantile"):
         pipeline(parts).process(feed(3), MAX)
 
 
@@ -258,3 +258,27 @@ def test_the_model_gets_each_missing_window_once_as_float64_rows_in_order(
         assert given_matrix.tobytes() == expected.tobytes()
         p.fill(prepared)
         p.finish(prepared)
+
+
+def test_the_interval_is_found_by_its_quantiles_not_by_position() -> None:
+    # A model with more quantiles than three still serves the interval its manifest names: the
+    # first and last columns of this one are a 90 % interval, not the 80 % one.
+    wide = [0.05, 0.1, 0.5, 0.9, 0.95]
+    assert quantile_columns(wide, 0.8) == (1, 2, 3)
+    assert quantile_columns(wide, 0.9) == (0, 2, 4)
+    assert quantile_columns([0.1, 0.5, 0.9], 0.8) == (0, 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("quantiles", "interval", "says"),
+    [
+        ([0.1, 0.5, 0.9], 0.9, "no 0.05 quantile"),
+        ([0.1, 0.4, 0.9], 0.8, "no 0.5 quantile"),
+        ([0.9, 0.5, 0.1], 0.8, "ascending"),
+    ],
+)
+def test_a_model_without_the_interval_or_median_is_refused(
+    quantiles: list[float], interval: float, says: str
+) -> None:
+    with pytest.raises(ModelError, match=says):
+        quantile_columns(quantiles, interval)
