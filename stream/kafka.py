@@ -686,21 +686,28 @@ class Sink:
             self._producer.flush(0)
 
     def begin(self) -> None:
+        self._end_offsets_call("begin transaction")
         try:
             self._producer.begin_transaction()
         except KafkaException as exc:
             raise failure(exc, "begin transaction") from None
 
-    def abort(self, timeout: float) -> None:
-        stuck = self._detached.current
-        if stuck is not None and not stuck.done():
-            # librdkafka answers every transactional call but this one with "conflicting call
-            # in progress" until send_offsets returns, which may be never: replace the producer.
+    def _end_offsets_call(self, doing: str) -> None:
+        """A send_offsets call belongs to its transaction: its result is never taken by the
+        next one. One still inside librdkafka blocks every other transactional call (librdkafka
+        answers "conflicting call in progress" until it returns, which may be never), so the
+        producer must be replaced."""
+        call = self._detached.current
+        if call is not None and not call.done():
             raise KafkaFailure(
-                "abort transaction: librdkafka has not returned from send_offsets",
+                f"{doing}: librdkafka has not returned from send_offsets",
                 "_CONFLICT",
                 fatal=True,
             )
+        self._detached.current = None
+
+    def abort(self, timeout: float) -> None:
+        self._end_offsets_call("abort transaction")
         try:
             self._producer.abort_transaction(timeout)
         except KafkaException as exc:

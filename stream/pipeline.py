@@ -17,7 +17,6 @@ Nothing here touches Kafka; Redis only through the store and the cache. Errors o
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
@@ -40,6 +39,7 @@ from stream.contracts import (
     decode_batch,
 )
 from stream.errors import ModelError
+from stream.predictor import quantile_columns
 from stream.scoring import Scorer, previous_window, quantile_prices
 
 log = logging.getLogger(__name__)
@@ -155,28 +155,6 @@ class Prepared:
     prior: Handoff | None = None
     #: the challenger's pass over the same windows (None: no challenger)
     shadow: Prepared | None = None
-
-
-def quantile_columns(quantiles: Sequence[float], interval: float) -> tuple[int, int, int]:
-    """(lower, median, upper) output columns of a model with these quantiles whose forecasts carry
-    a central `interval` (0.8: the 0.1 and 0.9 quantiles), the stream's and the HTTP API's
-    (stream/serve). Found by value, not position: a model with more quantiles (0.05 .. 0.95)
-    still serves the interval its manifest names."""
-    qs = list(quantiles)
-    if any(a >= b for a, b in itertools.pairwise(qs)):
-        raise ModelError(f"model quantiles {qs} must be ascending")
-
-    def column(q: float) -> int:
-        found = [i for i, have in enumerate(qs) if abs(have - q) < 1e-9]
-        if not found:
-            raise ModelError(
-                f"model quantiles {qs} have no {q:g} quantile (the median, or a bound of the"
-                f" manifest's {interval:g} interval)"
-            )
-        return found[0]
-
-    tail = (1.0 - interval) / 2.0
-    return column(tail), column(0.5), column(1.0 - tail)
 
 
 def forecast_values(

@@ -31,8 +31,10 @@ All of it is held bitwise by tests/model/test_batch_invariance.py.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -202,9 +204,35 @@ def read_manifest(folder: Path) -> Manifest:
         raise ModelError(
             f"manifest {path}: input transform {transform!r} is not {INPUT_TRANSFORM!r}"
         )
-    if list(quantiles) != sorted(quantiles) or 0.5 not in quantiles:
-        raise ModelError(f"manifest {path}: quantiles {quantiles} must be ascending and hold 0.5")
+    try:
+        # The columns the stream and the API serve: a manifest without them is refused at load
+        # (start, reload, promote), not at the first batch.
+        quantile_columns(manifest.quantiles, manifest.interval)
+    except ModelError as exc:
+        raise ModelError(f"manifest {path}: {exc}") from None
     return manifest
+
+
+def quantile_columns(quantiles: Sequence[float], interval: float) -> tuple[int, int, int]:
+    """(lower, median, upper) output columns of a model with these quantiles whose forecasts carry
+    a central `interval` (0.8: the 0.1 and 0.9 quantiles), the stream's and the HTTP API's
+    (stream/serve). Found by value, not position: a model with more quantiles (0.05 .. 0.95)
+    still serves the interval its manifest names."""
+    qs = list(quantiles)
+    if any(a >= b for a, b in itertools.pairwise(qs)):
+        raise ModelError(f"model quantiles {qs} must be ascending")
+
+    def column(q: float) -> int:
+        found = [i for i, have in enumerate(qs) if abs(have - q) < 1e-9]
+        if not found:
+            raise ModelError(
+                f"model quantiles {qs} have no {q:g} quantile (the median, or a bound of the"
+                f" manifest's {interval:g} interval)"
+            )
+        return found[0]
+
+    tail = (1.0 - interval) / 2.0
+    return column(tail), column(0.5), column(1.0 - tail)
 
 
 def verify_artifact(

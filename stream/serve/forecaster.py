@@ -43,8 +43,8 @@ from stream.cache import ForecastCache
 from stream.cache import digests as window_digests
 from stream.contracts import Source
 from stream.errors import ModelError, StoreUnavailable, TickcastError
-from stream.pipeline import forecast_values, quantile_columns
-from stream.predictor import Predictor
+from stream.pipeline import forecast_values
+from stream.predictor import Predictor, quantile_columns
 from stream.serve.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)

@@ -106,6 +106,16 @@ def test_manifest_version_must_match_the_onnx_hash(artifact: Path) -> None:
         load_predictor(ModelSettings(path=str(artifact)), window_size=60)
 
 
+def test_a_manifest_whose_interval_the_model_cannot_serve_is_refused_at_load(
+    artifact: Path,
+) -> None:
+    # quantiles 0.1 / 0.5 / 0.9 hold no 90 % interval: refused when loaded (start, reload,
+    # promote), not at the first batch (the version is the ONNX file's hash, so it stays valid).
+    edit_manifest(artifact, interval=0.9)
+    with pytest.raises(ModelError, match=r"no 0\.05 quantile"):
+        load_predictor(ModelSettings(path=str(artifact)), window_size=60)
+
+
 def test_tensorflow_backend_checks_the_keras_file_too(artifact: Path) -> None:
     (artifact / "model.keras").write_bytes(b"not a zip")
     with pytest.raises(ModelError, match=re.escape("sha256 of model.keras is")):

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.contracts import Record, Source, encode_tick
-from stream.pipeline import BatchResult, Pipeline, forecast_values, quantile_columns
+from stream.pipeline import BatchResult, Pipeline, forecast_values
+from stream.predictor import quantile_columns
 from stream.scoring import Scorer, quantile_prices
 from tests.fakes import FakeCache, FakeStore, W
 

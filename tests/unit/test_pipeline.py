@@ -24,7 +24,8 @@ from stream.contracts import (
     encode_tick,
 )
 from stream.errors import ModelError
-from stream.pipeline import Pipeline, quantile_columns
+from stream.pipeline import Pipeline
+from stream.predictor import quantile_columns
 from stream.windows import OUTCOMES
 from tests.fakes import FakeCache, FakeModel, FakeStore, W
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream.contracts import Score, Source
-from stream.pipeline import quantile_columns
+from stream.predictor import quantile_columns
 from stream.scoring import Scorer
 
 prices_st = st.one_of(

@@ -166,3 +166,87 @@ def test_a_stop_while_send_offsets_hangs_is_served_at_its_deadline() -> None:
     assert bounded(lambda: cp.publish(batch, result)) is None
     assert batch.dropped and cp.close(timeout_s=0) is False  # exit 3: redone by the next run
     OffsetsNeverReturn.made[0].release.set()
+
+
+class LateOffsets(OffsetsNeverReturn):
+    """send_offsets_to_transaction answers once released, after its caller stopped waiting; the
+    producer's transactional calls are logged."""
+
+    def __init__(self, conf: dict[str, object]) -> None:
+        super().__init__(conf)
+        self.log: list[str] = []
+        self.sent: list[list[tuple[str, int, int]]] = []
+
+    def begin_transaction(self) -> None:
+        self.log.append("begin")
+
+    def send_offsets_to_transaction(
+        self, offsets: object, metadata: object, timeout: float
+    ) -> None:
+        self.release.wait()
+        self.sent.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])  # type: ignore[attr-defined]
+        self.log.append("send_offsets")
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.log.append("commit")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.log.append("abort")
+
+
+def late_sink() -> tuple[Sink, LateOffsets]:
+    OffsetsNeverReturn.made.clear()
+    sink = Sink({"transactional.id": "t"}, factory=LateOffsets)  # type: ignore[arg-type]
+    producer = OffsetsNeverReturn.made[0]
+    assert isinstance(producer, LateOffsets)
+    return sink, producer
+
+
+def test_a_late_send_offsets_result_is_never_taken_by_the_next_transaction() -> None:
+    # (review) The call returned successfully just after its caller gave up; the transaction was
+    # aborted. The next transaction's send_offsets took that old result without sending its own
+    # offsets, and committed forecasts without their input offsets (read twice after a restart).
+    sink, producer = late_sink()
+    with pytest.raises(KafkaFailure):
+        sink.send_offsets({("ticks", 0): 5}, object(), 0.05)
+    producer.release.set()  # librdkafka answers now, too late for that caller
+    assert sink._detached.current is not None
+    sink._detached.current.exception(5)
+    sink.abort(1.0)
+    sink.begin()
+    sink.send_offsets({("ticks", 0): 9}, object(), 1.0)
+    sink.commit(1.0)
+    assert producer.sent == [[("ticks", 0, 5)], [("ticks", 0, 9)]], producer.log
+
+
+def test_a_transaction_redone_after_a_late_send_offsets_commits_its_own_offsets() -> None:
+    sink, producer = late_sink()
+    cp = Transactional(FakeSource(), sink, Topics("forecasts", "dlq"), timeout_s=0.3)
+    real_abort = sink.abort
+
+    def abort_after_a_late_success(timeout: float) -> None:
+        producer.release.set()  # send_offsets succeeds between the caller's last wait and abort
+        if sink._detached.current is not None:
+            sink._detached.current.exception(5)
+        real_abort(timeout)
+
+    sink.abort = abort_after_a_late_success  # type: ignore[method-assign]
+    recs = [Record("ticks", 0, o, b"A", b"{}") for o in range(2)]
+    first = cp.open_batch(recs)
+    cp.publish(first, output(recs))
+    assert first.dropped and producer.log.count("abort") == 1
+    sink.abort = real_abort  # type: ignore[method-assign]
+    redo = cp.open_batch(recs)
+    cp.publish(redo, output(recs))
+    assert not redo.dropped and producer.log[-1] == "commit"
+    assert producer.log.count("send_offsets") == 2, producer.log  # its own, before its commit
+
+
+def test_begin_while_send_offsets_is_still_in_librdkafka_replaces_the_producer() -> None:
+    sink, producer = late_sink()
+    with pytest.raises(KafkaFailure):
+        sink.send_offsets({("ticks", 0): 5}, object(), 0.05)
+    with pytest.raises(KafkaFailure) as caught:
+        sink.begin()
+    assert caught.value.fatal and "begin" not in producer.log
+    producer.release.set()
