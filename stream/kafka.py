@@ -515,8 +515,6 @@ class Detached:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        #: the call started and not yet seen to finish by its caller
-        self.current: Future[None] | None = None
         self._calls: queue.SimpleQueue[tuple[Future[None], Callable[[], None]] | None] = (
             queue.SimpleQueue()
         )
@@ -527,7 +525,6 @@ class Detached:
             self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
             self._thread.start()
         future: Future[None] = Future()
-        self.current = future
         self._calls.put((future, call))
         return future
 
@@ -565,6 +562,8 @@ class Sink:
         self._producer = self._new()
         #: the producer's calls that librdkafka may not return from in time (send_offsets)
         self._detached = Detached(f"tickcast-{conf.get('client.id', 'producer')}-txn")
+        #: the open transaction's send_offsets call, until its caller has seen it finish
+        self._offsets_call: Future[None] | None = None
         #: monotonic time after which produce() stops waiting for room in a full queue
         self.stop_deadline = math.inf
 
@@ -585,6 +584,7 @@ class Sink:
         # until librdkafka lets go; the new producer's calls get a thread of their own.
         self._detached.retire()
         self._detached = Detached(self._detached.name)
+        self._offsets_call = None
         # What the old one still holds is redone through the rewind; destroying it with
         # undelivered messages would block until message.timeout.ms. A producer in a fatal state
         # may refuse even that (its calls raise): it is dropped all the same.
@@ -650,11 +650,13 @@ class Sink:
         this waits for it at most `timeout`; then it raises a retriable timeout, and calling again
         waits for the same call (librdkafka's contract for a timed-out call is to repeat it)."""
         producer = self._producer
-        call = self._detached.current or self._detached.start(
-            lambda: producer.send_offsets_to_transaction(
-                _offset_tps(offsets), group_metadata, timeout
+        call = self._offsets_call
+        if call is None:
+            call = self._offsets_call = self._detached.start(
+                lambda: producer.send_offsets_to_transaction(
+                    _offset_tps(offsets), group_metadata, timeout
+                )
             )
-        )
         try:
             call.result(timeout)
         except FutureTimeout:
@@ -667,7 +669,7 @@ class Sink:
             raise failure(exc, "send offsets to the transaction") from None
         finally:
             if call.done():
-                self._detached.current = None
+                self._offsets_call = None
 
     def commit(self, timeout: float) -> None:
         """Commit the open transaction (a timed-out call may be repeated to resume it)."""
@@ -697,14 +699,14 @@ class Sink:
         next one. One still inside librdkafka blocks every other transactional call (librdkafka
         answers "conflicting call in progress" until it returns, which may be never), so the
         producer must be replaced."""
-        call = self._detached.current
+        call = self._offsets_call
         if call is not None and not call.done():
             raise KafkaFailure(
                 f"{doing}: librdkafka has not returned from send_offsets",
                 "_CONFLICT",
                 fatal=True,
             )
-        self._detached.current = None
+        self._offsets_call = None
 
     def abort(self, timeout: float) -> None:
         self._end_offsets_call("abort transaction")

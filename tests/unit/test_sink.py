@@ -210,8 +210,8 @@ def test_a_late_send_offsets_result_is_never_taken_by_the_next_transaction() -> 
     with pytest.raises(KafkaFailure):
         sink.send_offsets({("ticks", 0): 5}, object(), 0.05)
     producer.release.set()  # librdkafka answers now, too late for that caller
-    assert sink._detached.current is not None
-    sink._detached.current.exception(5)
+    assert sink._offsets_call is not None
+    sink._offsets_call.exception(5)
     sink.abort(1.0)
     sink.begin()
     sink.send_offsets({("ticks", 0): 9}, object(), 1.0)
@@ -226,8 +226,8 @@ def test_a_transaction_redone_after_a_late_send_offsets_commits_its_own_offsets(
 
     def abort_after_a_late_success(timeout: float) -> None:
         producer.release.set()  # send_offsets succeeds between the caller's last wait and abort
-        if sink._detached.current is not None:
-            sink._detached.current.exception(5)
+        if sink._offsets_call is not None:
+            sink._offsets_call.exception(5)
         real_abort(timeout)
 
     sink.abort = abort_after_a_late_success  # type: ignore[method-assign]
