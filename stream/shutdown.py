@@ -25,8 +25,6 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import TextIO
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +34,8 @@ _STOPS = {int(signal.SIGTERM), int(signal.SIGINT)}
 
 
 class StopGuard:
-    def __init__(
-        self,
-        bound_s: float,
-        *,
-        exit: Callable[[int], object] = os._exit,
-        stream: TextIO | None = None,
-    ) -> None:
+    def __init__(self, bound_s: float) -> None:
         self.bound_s = bound_s
-        self._exit = exit
-        self._stream = stream
         self._wake: socket.socket | None = None
 
     def install(self) -> None:
@@ -63,18 +53,17 @@ class StopGuard:
             pass  # SIGHUP (a reload) and the like
         time.sleep(self.bound_s)
         # Even if writing the reasons blocks (a full pipe, a lock the stuck thread holds).
-        last = threading.Timer(1.0, self._exit, args=(3,))
+        last = threading.Timer(1.0, os._exit, args=(3,))
         last.daemon = True
         last.start()
-        stream = self._stream or sys.stderr
         log.error(
             "stop not finished %.1f s after the signal: exiting with code 3 (what was not "
             "committed is redone by the next run); where each thread was:",
             self.bound_s,
         )
         try:
-            stream.flush()
-            faulthandler.dump_traceback(file=stream, all_threads=True)
-            stream.flush()
+            sys.stderr.flush()
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+            sys.stderr.flush()
         finally:
-            self._exit(3)
+            os._exit(3)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import queue
 import threading
 import time
@@ -43,11 +42,15 @@ from stream.cache import ForecastCache
 from stream.cache import digests as window_digests
 from stream.contracts import Source
 from stream.errors import ModelError, StoreUnavailable, TickcastError
+from stream.logs import RepeatFilter
 from stream.pipeline import forecast_values
 from stream.predictor import Predictor, quantile_columns
 from stream.serve.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
+# While Redis hangs every batch's cache call fails: the first line of a kind, then one a minute
+# with how many were dropped (stream/logs.py).
+log.addFilter(RepeatFilter(every_s=60.0))
 
 F64Array = npt.NDArray[np.float64]
 
@@ -127,7 +130,6 @@ class Forecaster:
         #: reload's check (stream/reload.py), which may call `use` with a new model
         self.between_batches: Callable[[], None] = lambda: None
         self.idle_s = 1.0
-        self._last_cache_warning = -math.inf
 
     def use(self, predictor: Predictor) -> None:
         """Serve `predictor` from the next batch on. Call it on the worker thread only (from
@@ -315,13 +317,9 @@ class Forecaster:
                 self.metrics.forecasts.labels(cached=str(cached).lower()).inc(n)
 
     def _cache_unavailable(self, what: str, exc: StoreUnavailable) -> None:
-        """Count a failed cache call; log the first of an outage and then one a minute at most
-        (while Redis hangs, every batch fails)."""
+        """Count a failed cache call and say so (RepeatFilter sums up the repeats)."""
         self.metrics.redis_errors.inc()
-        now = time.monotonic()
-        if now - self._last_cache_warning >= 60.0:
-            self._last_cache_warning = now
-            log.warning("cache %s failed, answering from the model alone: %s", what, exc)
+        log.warning("cache %s failed, answering from the model alone: %s", what, exc)
 
 
 def _hand_back(jobs: list[Job], failed: BaseException | None) -> None:
