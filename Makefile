@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tickcast needs Python >= 3.11")'
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[train,test,registry]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[train,test,registry,bench]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
-install: $(STAMP) ## create .venv and install tickcast with its [train,test] extras
+install: $(STAMP) ## create .venv and install tickcast with its [train,test,registry,bench] extras
 
 up: $(STAMP) ## start the local Kafka broker and Redis (idempotent; logs in .local/logs)
 	$(BIN)/tickcast services up
@@ -79,7 +79,7 @@ evaluate: $(STAMP) ## the served artifact against persistence, empirical, EWMA a
 lock: ## refresh constraints.txt from the newest versions pyproject.toml allows (then run make test)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install -q --upgrade pip
-	.lock-venv/bin/pip install -q -e '.[train,test,registry]'
+	.lock-venv/bin/pip install -q -e '.[train,test,registry,bench]'
 	head -3 constraints.txt > constraints.new
 	.lock-venv/bin/pip freeze --exclude-editable >> constraints.new
 	mv constraints.new constraints.txt && rm -rf .lock-venv

@@ -10,6 +10,7 @@ BENCHES = {
     "model": ("bench.model", "predictor throughput and latency per backend and batch size"),
     "e2e": ("bench.e2e", "the real service: sustained ticks/s, ratio to the model, latency, RSS"),
     "http": ("bench.http", "tickcast serve under wrk: requests/s, p50/p95/p99, ratio to the model"),
+    "rivals": ("bench.rivals", "the same job by tickcast, a Bytewax dataflow, no framework"),
     "scoring": ("bench.scoring", "live scoring's cost per forecast in the pipeline, off and on"),
 }
 
