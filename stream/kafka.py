@@ -310,7 +310,30 @@ class Source:
         )
 
     def resume(self, partitions: list[Partition]) -> None:
-        self._consumer.resume(_tps(partitions))
+        tps = _tps(partitions)
+        self._consumer.resume(tps)
+        self._wake_fetchers(tps)
+
+    def _wake_fetchers(self, tps: list[TopicPartition]) -> None:
+        """Start the resumed partitions' fetches now, not up to a second later.
+
+        librdkafka does not wake a broker thread on resume: a partition resumed after its fetcher
+        went idle waits for that thread's next wake-up, up to 1 s (seen here: every start of the
+        service lost ~1 s between recovery and its first batch; rdkafka_partition.c wakes the
+        thread only when a partition's fetch state changes). Any request to the partition's
+        leader wakes its thread, and on that pass it sees the resumed partitions: one end-offset
+        query per leader. Best effort: if it fails, the fetch starts at the next wake-up."""
+        try:
+            leaders: dict[int, TopicPartition] = {}
+            for topic in {tp.topic for tp in tps}:
+                meta = self._consumer.list_topics(topic, timeout=1.0).topics.get(topic)
+                for tp in tps:
+                    if meta is not None and tp.topic == topic and tp.partition in meta.partitions:
+                        leaders.setdefault(meta.partitions[tp.partition].leader, tp)
+            for tp in leaders.values():
+                self._consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+        except KafkaException as exc:
+            log.debug("fetchers not woken after resume: %s", exc)
 
     def serve(self, timeout: float) -> None:
         """Serve callbacks (commit replies) for up to `timeout`, at the stop only: a record

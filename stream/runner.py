@@ -39,6 +39,9 @@ from stream.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
+#: the longest wait for records while nothing is assigned (see Runner._next_batch)
+UNASSIGNED_POLL_S = 0.02
+
 
 @dataclass(frozen=True)
 class RunnerConfig:
@@ -191,7 +194,13 @@ class Runner:
             # a wait on partitions that cannot deliver anything yet.
             return records
         self._complete_computing()
-        records = self.source.consume(1, self.config.poll_timeout_s)
+        # Until something is assigned, the assignment itself comes inside this wait (a
+        # rebalance callback), paused, and librdkafka goes on waiting the whole timeout on
+        # partitions that cannot deliver: short waits, so it is recovered at once.
+        timeout = self.config.poll_timeout_s
+        if not self.assignment:
+            timeout = min(timeout, UNASSIGNED_POLL_S)
+        records = self.source.consume(1, timeout)
         if records and batch > 1:
             records += self.source.consume(batch - 1, 0)
         return records

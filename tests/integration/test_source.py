@@ -108,3 +108,35 @@ def _subscribe_one(source: Source, topic: str) -> list[Partition]:
     while not assigned and time.monotonic() < deadline:
         source.consume(10, 0.2)
     return assigned
+
+
+def test_records_come_at_once_after_a_resume_not_at_the_fetchers_next_wake_up(
+    kafka_bootstrap: str, topic_factory: Callable[..., str], unique: str
+) -> None:
+    # Every start and every rebalance of the service lost ~1 s between recovery and its first
+    # batch: librdkafka does not wake a broker thread on resume, so a partition resumed while
+    # its fetcher idled waited for that thread's next wake-up (up to 1 s). The service's order
+    # is reproduced: assigned paused, the fetcher idle, the end offsets read (recovery's last
+    # request to the leader: its thread wakes for it and then sleeps), then the resume.
+    topic = topic_factory("wake", partitions=1)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(100):
+        producer.produce(topic, value=b"%d" % i)
+    assert producer.flush(10) == 0
+    source = Source(consumer_config(_settings(kafka_bootstrap, f"wake-{unique}")))
+    try:
+        assigned = _subscribe_one(source, topic)
+        assert assigned == [(topic, 0)]
+        time.sleep(0.5)  # the partition's offset is looked up, then its fetcher goes idle
+        source.high_watermarks(assigned)
+        started = time.monotonic()
+        source.resume(assigned)
+        records = []
+        while not records and time.monotonic() - started < 5:
+            records = source.consume(100, 0.01)
+        waited = time.monotonic() - started
+        assert records and records[0].offset == 0
+        # A round trip on loopback is milliseconds; the idle fetcher's wake-up came after ~1 s.
+        assert waited < 0.5, f"first record {waited:.3f} s after the resume"
+    finally:
+        source.close()
