@@ -1,6 +1,6 @@
 """The Bytewax rival of `tickcast bench rivals`: tickcast's job as a batched Bytewax dataflow.
 
-    python -m bench.rival_bytewax SOURCE_TOPIC TARGET_TOPIC
+    python -m bench.rival_bytewax SOURCE_TOPIC TARGET_TOPIC [--connector-sink]
 
 One worker, one process (bytewax.run.cli_main), five steps:
 
@@ -18,7 +18,9 @@ One worker, one process (bytewax.run.cli_main), five steps:
 
 The sink is this file's, not bytewax.connectors.kafka.KafkaSink: that one calls `flush()` after
 every batch, a round trip to the broker per batch that would make Bytewax slower here than it
-needs to be. The comparison is with Bytewax at its best for this job.
+needs to be. The comparison is with Bytewax at its best for this job. `--connector-sink` runs
+bytewax's own KafkaSink instead (`tickcast bench rivals --bytewax-sink connector`), to see what
+that flush costs.
 
 What it does not do, and tickcast does: everything bench/floor.py lists (no validation beyond the
 JSON shape, no dead letters, windows only in this process, no result cache, no wait for
@@ -36,11 +38,18 @@ from typing import Any
 from bench.floor import Done, Forecaster, Windows, decode_tick, load
 
 
-def build(source: str, target: str, settings: Any, forecaster: Forecaster, size: int) -> Any:
+def build(
+    source: str,
+    target: str,
+    settings: Any,
+    forecaster: Forecaster,
+    size: int,
+    connector_sink: bool = False,
+) -> Any:
     """The dataflow, ready for bytewax.run.cli_main (or bytewax.testing.run_main)."""
     import msgspec
     from bytewax import operators as op
-    from bytewax.connectors.kafka import KafkaSource
+    from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
     from bytewax.dataflow import Dataflow
     from bytewax.operators import StatefulBatchLogic
     from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -122,17 +131,29 @@ def build(source: str, target: str, settings: Any, forecaster: Forecaster, size:
     keyed = op.flat_map_batch("decode", messages, decode)
     windows = op.stateful_batch("windows", keyed, WindowLogic)
     forecasts = op.flat_map_batch("forecast", windows, forecast)
-    op.output("produce", forecasts, ProduceSink())
+    if connector_sink:
+        messages_out = op.map(
+            "message", forecasts, lambda kvh: KafkaSinkMessage(kvh[0], kvh[1], headers=kvh[2])
+        )
+        sink = KafkaSink(
+            settings.kafka.bootstrap_servers.split(","),
+            target,
+            add_config=producer_config(settings),
+        )
+        op.output("produce", messages_out, sink)
+    else:
+        op.output("produce", forecasts, ProduceSink())
     return flow
 
 
-def main(source: str, target: str) -> int:
+def main(source: str, target: str, connector_sink: bool = False) -> int:
     from bytewax.run import cli_main
 
     settings, forecaster, windows = load(source)
-    cli_main(build(source, target, settings, forecaster, windows.size), workers_per_process=1)
+    flow = build(source, target, settings, forecaster, windows.size, connector_sink)
+    cli_main(flow, workers_per_process=1)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(sys.argv[1], sys.argv[2], "--connector-sink" in sys.argv[3:]))

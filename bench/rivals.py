@@ -64,6 +64,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ticks", type=int, default=200_000)
     parser.add_argument("--symbols", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3, help="rounds of the three (medians)")
+    parser.add_argument(
+        "--bytewax-sink",
+        choices=("own", "connector"),
+        default="own",
+        help="own: produce without waiting (Bytewax at its best); connector: bytewax's KafkaSink,"
+        " which flushes after every batch",
+    )
     parser.add_argument("--out", default="bench/results", help="folder for the JSON result")
 
 
@@ -104,11 +111,13 @@ def _launch_tickcast(logs: Path, ticks_topic: str, run_id: str) -> tuple[_Launch
     ]
 
 
-def _launch_rival(module: str, logs: Path, ticks_topic: str, target: str) -> _Launched:
+def _launch_rival(
+    module: str, logs: Path, ticks_topic: str, target: str, extra: list[str]
+) -> _Launched:
     log = logs / f"{target}.log"
     with log.open("a") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", module, ticks_topic, target],
+            [sys.executable, "-m", module, ticks_topic, target, *extra],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -194,6 +203,7 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
     admin = AdminClient(settings.kafka.librdkafka_common())
     services = localinfra.running()
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in CONTENDERS}
+    connector_sink = args.bytewax_sink == "connector"
     for r in range(args.runs):
         order = CONTENDERS[r % 3 :] + CONTENDERS[: r % 3]
         for kind in order:
@@ -205,8 +215,9 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
             else:
                 target = f"bench-{run_id}-{kind}.forecasts"
                 ensure_topics(settings, [target])
+            extra = ["--connector-sink"] if kind == "bytewax" and connector_sink else []
             result = _measure(
-                kind, settings, admin, services, logs, topic, run_id, target, expected
+                kind, settings, admin, services, logs, topic, run_id, target, expected, extra
             )
             result["ticks_per_s"] = len(feed) / result["launch_to_last_forecast_s"]
             results[kind].append(result)
@@ -246,7 +257,8 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
 
     table = Table(
         title=f"tickcast bench rivals ({len(feed):,} ticks, {args.symbols} symbols, "
-        f"{expected:,} forecasts, {args.runs} rounds, medians; load average {load1:.2f} at start)"
+        f"{expected:,} forecasts, {args.runs} rounds, medians; load average {load1:.2f} at start"
+        + ("; Bytewax with its own KafkaSink)" if connector_sink else ")")
     )
     table.add_column("measure")
     for k in CONTENDERS:
@@ -327,6 +339,7 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
         "symbols": args.symbols,
         "forecasts_expected": expected,
         "load_average_1m_at_start": load1,
+        "bytewax_sink": args.bytewax_sink,
         "bytewax_version": getattr(bytewax, "__version__", None) or _version("bytewax"),
         "ceiling_windows_per_s": ceiling,
         "ceiling_runs": ceiling_runs,
@@ -360,6 +373,7 @@ def _measure(
     run_id: str,
     target: str,
     expected: int,
+    extra: list[str],
 ) -> dict[str, Any]:
     """One contender over the whole topic, timed from its launch to the last forecast read."""
     from confluent_kafka import TopicPartition
@@ -377,7 +391,7 @@ def _measure(
     if kind == "tickcast":
         proc, _ = _launch_tickcast(logs, topic, run_id)
     else:
-        proc = _launch_rival(RIVAL_MODULES[kind], logs, topic, target)
+        proc = _launch_rival(RIVAL_MODULES[kind], logs, topic, target, extra)
     try:
         deadline = time.monotonic() + 600
         while not reader.done.wait(0.1):

@@ -53,9 +53,13 @@ def _read_all(bootstrap: str, topic: str, want: int, timeout_s: float) -> list[t
     return got
 
 
-@pytest.mark.parametrize("rival", ["bench.floor", "bench.rival_bytewax"])
+@pytest.mark.parametrize(
+    "rival",
+    [["bench.floor"], ["bench.rival_bytewax"], ["bench.rival_bytewax", "--connector-sink"]],
+    ids=["floor", "bytewax", "bytewax-connector-sink"],
+)
 def test_a_rival_publishes_tickcasts_forecast_once_per_full_window(
-    rival: str,
+    rival: list[str],
     kafka_bootstrap: str,
     redis_client: redis.Redis,
     key_prefix: str,
@@ -77,7 +81,7 @@ def test_a_rival_publishes_tickcasts_forecast_once_per_full_window(
     expected = SYMBOLS * (ROWS - size + 1)
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", rival, source, target],
+        [sys.executable, "-m", rival[0], source, target, *rival[1:]],
         env={**os.environ, "TICKCAST_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
