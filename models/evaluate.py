@@ -6,7 +6,8 @@ it. Every baseline (models/baselines.py) forecasts each target from past returns
 
 Per forecaster and part (validation, test), on prices (USD for gold): MAE, RMSE, MASE of the
 median; coverage, mean width and Winkler score of the model's central interval; mean pinball loss
-over the model's quantile levels; Kupiec's test overall and for each tail; Christoffersen's
+over the levels 0.1, 0.5 and 0.9 (issue 12's target, comparable across models) and, for a model
+with more levels, also over all of them; Kupiec's test overall and for each tail; Christoffersen's
 independence test; coverage by calendar year and in the top fifth of days by trailing 20-day
 volatility. Diebold-Mariano (HLN, Newey-West) of the model against each baseline on the Winkler
 score, the pinball loss and the absolute error.
@@ -64,6 +65,9 @@ SHORT = {
     "rolling_60": "rolling 60",
     "static": "static",
 }
+#: The levels of the pinball loss issue 12's target is set on: every model is scored on these,
+#: whatever else it predicts (a model without them is scored on its own levels).
+TARGET_LEVELS: tuple[float, ...] = (0.1, 0.5, 0.9)
 #: The fraction of days with the highest trailing 20-day volatility scored separately.
 TOP_VOL_FRACTION = 0.2
 PLOT_PREFIX = "model-"
@@ -196,12 +200,18 @@ def score(
     *,
     with_interval: bool = True,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """One forecaster's numbers on one part, and its per-row losses (for Diebold-Mariano)."""
+    """One forecaster's numbers on one part, and its per-row losses (for Diebold-Mariano).
+
+    The interval is the central `interval` (its columns found by level, not position); `pinball`
+    is the mean over pinball_levels(levels) and, when the model has more levels than those,
+    `pinball_all` the mean over all of them."""
+    from stream.predictor import quantile_columns
+
     levels = list(levels)
     price_q = last[:, None] * np.exp(q)
-    mid = levels.index(0.5)
+    lo, mid, hi = quantile_columns(levels, interval)
     point = price_q[:, mid]
-    base = forecast_metrics(last, actual, q[:, [0, mid, -1]], interval)["model"]
+    base = forecast_metrics(last, actual, q[:, [lo, mid, hi]], interval)["model"]
     persistence_mae = float(np.mean(np.abs(last - actual)))
     losses: dict[str, np.ndarray] = {"abs_error": np.abs(point - actual)}
     result: dict[str, Any] = {
@@ -213,15 +223,19 @@ def score(
     }
     if not with_interval:
         return result, losses
-    lower, upper = price_q[:, 0], price_q[:, -1]
+    lower, upper = price_q[:, lo], price_q[:, hi]
     alpha = 1.0 - interval
     below, above = actual < lower, actual > upper
     miss = below | above
     n = actual.shape[0]
     w = winkler(lower, upper, actual, alpha)
-    pb = pinball(price_q, actual, levels)
+    target = pinball_levels(levels)
+    cols = [levels.index(x) for x in target]
+    pb = pinball(price_q[:, cols], actual, target)
     losses["winkler"] = w
     losses["pinball"] = pb
+    if len(target) < len(levels):
+        losses["pinball_all"] = pinball(price_q, actual, levels)
     by_year = {
         str(y): float(np.mean(~miss[years == y])) for y in np.unique(years) if np.any(years == y)
     }
@@ -233,13 +247,15 @@ def score(
         "mean_width": float(np.mean(upper - lower)),
         "winkler": float(np.mean(w)),
         "kupiec": kupiec(int(np.sum(miss)), n, alpha),
-        "kupiec_lower": kupiec(int(np.sum(below)), n, levels[0]),
-        "kupiec_upper": kupiec(int(np.sum(above)), n, 1.0 - levels[-1]),
+        "kupiec_lower": kupiec(int(np.sum(below)), n, levels[lo]),
+        "kupiec_upper": kupiec(int(np.sum(above)), n, 1.0 - levels[hi]),
         "christoffersen": christoffersen_independence(miss.astype(np.int64)),
         "coverage_top_vol_fifth": float(np.mean(~miss[top_vol])),
         "coverage_by_year": by_year,
     }
     result["pinball"] = float(np.mean(pb))
+    if "pinball_all" in losses:
+        result["pinball_all"] = float(np.mean(losses["pinball_all"]))
     # the share of realised prices below each quantile: level q should see a share near q
     result["share_below"] = {
         f"{lv:g}": float(np.mean(actual < price_q[:, i])) for i, lv in enumerate(levels)
@@ -247,14 +263,27 @@ def score(
     return result, losses
 
 
+def pinball_levels(levels: Sequence[float]) -> list[float]:
+    """The levels `pinball` is the mean over: 0.1, 0.5 and 0.9 (issue 12's target), as the
+    model spells them, when it has all three; otherwise all its own levels."""
+    levels = list(levels)
+    found = [next((x for x in levels if abs(x - t) < 1e-9), None) for t in TARGET_LEVELS]
+    return levels if any(x is None for x in found) else [x for x in found if x is not None]
+
+
 def evaluate(predictor: Any, series: PriceSeries, split: Split) -> tuple[dict[str, Any], Any]:
     """The report (JSON-ready) for validation and test parts, and the test arrays for plots."""
     report: dict[str, Any] = {
         "quantiles": list(predictor.quantiles),
         "interval": predictor.interval,
+        "pinball_levels": pinball_levels(predictor.quantiles),
         "methods": {
             "rows": "each forecaster sees only returns before its target row",
-            "pinball": "mean over the model's quantile levels, in price units",
+            "pinball": "mean over the levels 0.1, 0.5 and 0.9 (issue 12's target; a model"
+            " without them: over its own levels), in price units; every baseline at the same"
+            " levels",
+            "pinball_all": "(a model with more levels) mean over all the model's levels, every"
+            " baseline at those levels",
             "winkler": "width + (2 / alpha) * miss distance, alpha = 1 - interval level",
             "diebold_mariano": "d = model loss - baseline loss (negative: model better);"
             " Newey-West (Bartlett) variance, lag floor(4 (n/100)^(2/9)); HLN correction;"
@@ -400,11 +429,14 @@ def garch_comparison(part: dict[str, Any], level: float) -> list[str]:
 
 
 def part_table(part: dict[str, Any]) -> list[str]:
+    wide = "pinball_all" in part["forecasters"][MODEL]
     lines = [
         "| forecaster | MAE | RMSE | MASE | coverage | below / above | mean width | Winkler"
-        " | pinball | Kupiec p (all / low / high) | Christoffersen p | top-vol coverage"
+        " | pinball | "
+        + ("pinball (all levels) | " if wide else "")
+        + "Kupiec p (all / low / high) | Christoffersen p | top-vol coverage"
         " | DM p Winkler (vs model) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if wide else "") + "---|---|---|---|",
     ]
     for name, label in LABELS.items():
         f = part["forecasters"][name]
@@ -417,7 +449,8 @@ def part_table(part: dict[str, Any]) -> list[str]:
             row += (
                 f" {iv['coverage']:.3f} | {iv['below']:.3f} / {iv['above']:.3f} |"
                 f" {iv['mean_width']:.2f} | {iv['winkler']:.2f} | {f['pinball']:.3f} |"
-                f" {_fmt_p(iv['kupiec']['p_value'])} / {_fmt_p(iv['kupiec_lower']['p_value'])}"
+                + (f" {f['pinball_all']:.3f} |" if wide else "")
+                + f" {_fmt_p(iv['kupiec']['p_value'])} / {_fmt_p(iv['kupiec_lower']['p_value'])}"
                 f" / {_fmt_p(iv['kupiec_upper']['p_value'])} |"
                 f" {_fmt_p(iv['christoffersen']['p_value'])} |"
                 f" {iv['coverage_top_vol_fifth']:.3f} | {dm_text} |"
@@ -425,11 +458,25 @@ def part_table(part: dict[str, Any]) -> list[str]:
         else:
             dm = part["dm"][name]["abs_error"]
             row += (
-                " - | - | - | - | - | - | - | - | DM p absolute error"
+                " - | - | - | - | - | - | - | - | "
+                + ("- | " if wide else "")
+                + "DM p absolute error"
                 f" {_fmt_p(dm['p_value'])} ({dm['mean_diff']:+.3f}) |"
             )
         lines.append(row)
     return lines
+
+
+def pinball_note(report: dict[str, Any]) -> str:
+    """What the pinball columns are the mean over."""
+    levels = report.get("pinball_levels", report["quantiles"])
+    text = f"Pinball: the mean over the levels {', '.join(f'{q:g}' for q in levels)}"
+    if len(levels) == len(report["quantiles"]):
+        return text + "."
+    return (
+        text + " (issue 12's target is set on these), every baseline at the same levels;"
+        " pinball (all levels): the mean over all the model's levels, every baseline at those."
+    )
 
 
 def markdown(report: dict[str, Any], plots: list[str]) -> str:
@@ -440,7 +487,8 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
         "",
         f"Data {report['data']}, {report['backend']} backend. Quantiles"
         f" {', '.join(f'{q:g}' for q in report['quantiles'])}; the interval is the"
-        f" {level:.0%} one between the outer two. Prices in the data's unit (USD for gold).",
+        f" {level:.0%} one between the {(1 - level) / 2:g} and {(1 + level) / 2:g} quantiles."
+        " Prices in the data's unit (USD for gold). " + pinball_note(report),
         "Every baseline forecasts each target from the returns before it only. DM p: Diebold-"
         "Mariano, HLN-corrected, Newey-West; in brackets the mean loss difference model minus"
         " baseline (negative: the model is better).",
@@ -483,12 +531,18 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
             "Diebold-Mariano of the model against each baseline (test rows), p (mean diff):",
             "",
         ]
-        lines += ["| baseline | Winkler | pinball | absolute error |", "|---|---|---|---|"]
+        dm_losses = ["winkler", "pinball", "abs_error"]
+        if "pinball_all" in m:
+            dm_losses.insert(2, "pinball_all")
+            lines += ["| baseline | Winkler | pinball | pinball (all levels) | absolute error |"]
+            lines += ["|---|---|---|---|---|"]
+        else:
+            lines += ["| baseline | Winkler | pinball | absolute error |", "|---|---|---|---|"]
         for name in LABELS:
             if name == MODEL:
                 continue
             cells = []
-            for loss in ("winkler", "pinball", "abs_error"):
+            for loss in dm_losses:
                 d = t["dm"][name].get(loss)
                 cells.append(
                     "-" if d is None else f"{_fmt_p(d['p_value'])} ({d['mean_diff']:+.3f})"
@@ -535,6 +589,9 @@ def write_plots(out: Path, arrays: dict[str, Any], report: dict[str, Any]) -> li
     levels = f["levels"]
     q_model = f["quantiles"][MODEL]
     q_garch = f["quantiles"]["garch_t"]
+    from stream.predictor import quantile_columns
+
+    lo, mid, hi = quantile_columns(levels, report["interval"])
     x = f["dates"].astype("datetime64[D]").astype(object)
     names: list[str] = []
 
@@ -543,18 +600,18 @@ def write_plots(out: Path, arrays: dict[str, Any], report: dict[str, Any]) -> li
     fig, ax = plt.subplots(figsize=(11, 4.5))
     ax.fill_between(
         x[span],
-        100 * q_model[span, 0],
-        100 * q_model[span, -1],
+        100 * q_model[span, lo],
+        100 * q_model[span, hi],
         color="tab:blue",
         alpha=0.25,
         step="mid",
         label=f"model {report['interval']:.0%} interval",
     )
-    for col, style in ((0, "-"), (-1, "-")):
+    for col, style in ((lo, "-"), (hi, "-")):
         ax.plot(x[span], 100 * q_garch[span, col], color="tab:red", lw=0.8, ls=style)
     ax.plot([], [], color="tab:red", lw=0.8, label="GARCH(1,1)-t interval")
     ret = 100 * f["returns"][span]
-    inside = (f["returns"][span] >= q_model[span, 0]) & (f["returns"][span] <= q_model[span, -1])
+    inside = (f["returns"][span] >= q_model[span, lo]) & (f["returns"][span] <= q_model[span, hi])
     xs = np.asarray(x[span])
     ax.scatter(xs[inside], ret[inside], s=6, color="black", label="realised return")
     ax.scatter(xs[~inside], ret[~inside], s=12, color="tab:orange", label="outside model interval")
@@ -623,13 +680,12 @@ def write_plots(out: Path, arrays: dict[str, Any], report: dict[str, Any]) -> li
 
     # 4. the price view: median and interval against the actual price, last 120 days
     last, actual = f["last"], f["actual"]
-    mid = levels.index(0.5)
     span = slice(-120, None)
     fig, ax = plt.subplots(figsize=(10, 4.5))
     ax.fill_between(
         x[span],
-        (last * np.exp(q_model[:, 0]))[span],
-        (last * np.exp(q_model[:, -1]))[span],
+        (last * np.exp(q_model[:, lo]))[span],
+        (last * np.exp(q_model[:, hi]))[span],
         color="tab:blue",
         alpha=0.2,
         label=f"{report['interval']:.0%} interval",

@@ -9,6 +9,7 @@ import numpy as np
 
 from models.metrics import forecast_metrics
 from models.split import windows_for
+from stream.predictor import quantile_columns
 
 
 def score_split(
@@ -20,7 +21,9 @@ def score_split(
     quantiles = predictor.predict_batch(windows)
     last = prices[start - 1 : stop - 1]
     actual = prices[start:stop]
-    metrics = forecast_metrics(last, actual, quantiles, predictor.interval)
+    # the interval's columns and the median, found by level (a model may have more quantiles)
+    columns = list(quantile_columns(predictor.quantiles, predictor.interval))
+    metrics = forecast_metrics(last, actual, quantiles[:, columns], predictor.interval)
     if raw:
         return metrics, last, actual, quantiles
     return metrics

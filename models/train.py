@@ -70,6 +70,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lstm-units", type=int, default=DEFAULTS["lstm_units"])
     parser.add_argument("--window", type=int, default=60, help="prices per window (default 60)")
     parser.add_argument(
+        "--quantiles",
+        type=_quantiles_arg,
+        default=None,
+        metavar="Q1,Q2,..",
+        help="quantile levels, ascending, including 0.1, 0.5 and 0.9 (default 0.1,0.5,0.9); e.g."
+        " 0.05,0.1,0.25,0.5,0.75,0.9,0.95 for a fuller distribution. The interval served stays"
+        " the 80 %% one (0.1..0.9)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=shipped_artifacts_dir(),
@@ -120,6 +129,15 @@ def _seeds_arg(text: str) -> list[int]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"{text!r}: give one or more distinct seeds")
     return seeds
+
+
+def _quantiles_arg(text: str) -> tuple[float, ...]:
+    from models.cnn_bilstm import check_quantiles
+
+    try:
+        return check_quantiles([float(part) for part in text.split(",") if part.strip()])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def _mix_arg(text: str) -> str:
@@ -224,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--members {args.members} needs at least that many --seeds ({seeds})")
     if args.init_from and len(seeds) > 1:
         raise DataError("--init-from starts one model: give one seed, not --seeds")
-    loss = pinball_loss(QUANTILES)
+    quantiles: tuple[float, ...] = args.quantiles or QUANTILES
+    loss = pinball_loss(quantiles)
     started = time.perf_counter()
 
     def train_one(seed: int, members: int) -> tuple[Any, list[float], str | None]:
@@ -235,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
             lstm_units=args.lstm_units,
             mix=args.train_mix,
             members=members,
+            quantiles=quantiles,
         )
         source = None
         if args.init_from:
@@ -276,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
             lstm_units=args.lstm_units,
             mix=args.train_mix,
             members=args.members,
+            quantiles=quantiles,
         )
         for member, seed in enumerate(kept):
             source = trained[seed][0]
@@ -314,19 +335,25 @@ def run(args: argparse.Namespace) -> int:
     if args.calibration != "none":
         q = np.asarray(model(x_val, training=False), dtype=np.float64)
         if args.calibration == "cqr":
-            lower, upper = conformal_factors(q, y_val.astype(np.float64), QUANTILES)
+            lower, upper = conformal_factors(q, y_val.astype(np.float64), quantiles, INTERVAL)
             method = (
                 "conformalised quantile regression on the validation rows, one multiplicative"
                 " factor per tail on the gap between the median and the outer quantile (the"
                 " ceil((n + 1)(1 - tau))-th smallest gap ratio), inside the model"
             )
         else:
-            lower = upper = symmetric_factor(q, y_val.astype(np.float64), QUANTILES)
+            lower = upper = symmetric_factor(q, y_val.astype(np.float64), quantiles, INTERVAL)
             method = (
                 "conformalised quantile regression on the validation rows, one multiplicative"
                 " factor for both gaps (the ceil((n + 1) * level)-th smallest of the larger gap"
                 " ratio), inside the model: a factor per tail would carry the validation years'"
                 " drift into the tails"
+            )
+        if len(quantiles) > len(QUANTILES):
+            method += (
+                f"; the factors are fitted on the {INTERVAL:.0%} interval's columns and multiply"
+                " every step on their side of the median, so every level keeps its distance from"
+                " the median relative to the interval's"
             )
         set_calibration(model, lower, upper)
         calibrated = val_pinball()
@@ -344,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
     fields: dict[str, Any] = {
         "window": window,
         "horizon": 1,
-        "quantiles": list(QUANTILES),
+        "quantiles": list(quantiles),
         "interval": INTERVAL,
         "architecture": {
             "name": "cnn_bilstm",
@@ -355,7 +382,16 @@ def run(args: argparse.Namespace) -> int:
             "ensemble": "members' medians and gaps averaged inside the graph",
             "volatility_branch": "four non-negative filters over |returns| of the window"
             " (started as 5-, 20-, 59-day means and EWMA 0.94), mixed into sigma; quantiles"
-            " median 0 +- 1.2816 sigma",
+            " median 0 +- 1.2816 sigma"
+            + (
+                ""
+                if quantiles == QUANTILES
+                else " (each level: median 0 +- its normal |z| x sigma)"
+            ),
+            "quantile_head": "median and two softplus gaps; outer quantiles median -/+ gap"
+            if quantiles == QUANTILES
+            else "median and one softplus step per level on each side, from the median outward;"
+            " a level's quantile is the median -/+ the running sum of the steps out to it",
             "mix": mix_used,
             "train_mix": args.train_mix,
             "mix_rule": "output = mix * CNN-Bi-LSTM + (1 - mix) * volatility branch"
@@ -458,9 +494,12 @@ def member_count(model: Any) -> int:
     return count
 
 
-def symmetric_factor(q: Any, y: Any, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> float:
+def symmetric_factor(
+    q: Any, y: Any, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9), interval: float = 0.8
+) -> float:
     """One factor c for both gaps so that [median - c * lower gap, median + c * upper gap] misses
-    a share 1 - level of calibration rows (level = quantiles[-1] - quantiles[0]).
+    a share 1 - level of calibration rows (level: the central `interval`, 0.1 to 0.9; its columns
+    are found by level, so a model with more quantiles is calibrated on the same interval).
 
     The score of a row is the larger of its two gap ratios, (median - y) / lower_gap and
     (y - median) / upper_gap; c is its ceil((n + 1) * level)-th smallest value (split-conformal
@@ -469,20 +508,27 @@ def symmetric_factor(q: Any, y: Any, quantiles: tuple[float, ...] = (0.1, 0.5, 0
     """
     import numpy as np
 
-    mid = quantiles.index(0.5)
+    from stream.predictor import quantile_columns
+
+    lo, mid, hi = quantile_columns(quantiles, interval)
     median = q[:, mid]
-    lower_gap = np.maximum(median - q[:, 0], 1e-12)
-    upper_gap = np.maximum(q[:, -1] - median, 1e-12)
+    lower_gap = np.maximum(median - q[:, lo], 1e-12)
+    upper_gap = np.maximum(q[:, hi] - median, 1e-12)
     scores = np.maximum((median - y) / lower_gap, (y - median) / upper_gap)
     n = y.shape[0]
-    k = min(n, int(np.ceil((n + 1) * (quantiles[-1] - quantiles[0]))))
+    k = min(n, int(np.ceil((n + 1) * (quantiles[hi] - quantiles[lo]))))
     return float(np.sort(scores)[k - 1])
 
 
 def conformal_factors(
-    q: Any, y: Any, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    q: Any, y: Any, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9), interval: float = 0.8
 ) -> tuple[float, float]:
     """Per-tail factors c so that median - c * gap misses a share tau of calibration rows.
+
+    The gaps are those of the central `interval`'s columns (0.1 and 0.9, found by level): a model
+    with more quantiles is calibrated on the same interval, and train applies each factor to
+    every step on its side of the median, so the other levels keep their distances relative to
+    the interval's.
 
     q: (n, k) log-return quantiles, y: (n,) realised log returns. The score of a row is how many
     of its gaps the outcome lies beyond the median, (median - y) / lower_gap for the lower tail;
@@ -491,10 +537,12 @@ def conformal_factors(
     """
     import numpy as np
 
-    mid = quantiles.index(0.5)
+    from stream.predictor import quantile_columns
+
+    lo, mid, hi = quantile_columns(quantiles, interval)
     median = q[:, mid]
-    lower_gap = np.maximum(median - q[:, 0], 1e-12)
-    upper_gap = np.maximum(q[:, -1] - median, 1e-12)
+    lower_gap = np.maximum(median - q[:, lo], 1e-12)
+    upper_gap = np.maximum(q[:, hi] - median, 1e-12)
     n = y.shape[0]
 
     def factor(scores: Any, tau: float) -> float:
@@ -502,6 +550,6 @@ def conformal_factors(
         return float(np.sort(scores)[k - 1])
 
     return (
-        factor((median - y) / lower_gap, quantiles[0]),
-        factor((y - median) / upper_gap, 1.0 - quantiles[-1]),
+        factor((median - y) / lower_gap, quantiles[lo]),
+        factor((y - median) / upper_gap, 1.0 - quantiles[hi]),
     )

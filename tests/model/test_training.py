@@ -118,3 +118,43 @@ def test_train_refuses_more_members_than_seeds(
     assert main([*args, "--seeds", "3", "--members", "2"]) != 0
     assert "--members 2 needs at least that many --seeds" in capsys.readouterr().err
     assert not root.exists() or not any(root.iterdir())
+
+
+def test_train_a_wider_quantile_set(tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    wide = "0.05,0.1,0.25,0.5,0.75,0.9,0.95"
+    args = ["train", "--limit-rows", "1500", "--epochs", "2", "--out", str(root)]
+    assert main([*args, "--quantiles", wide, "--calibration", "cqr"]) == 0
+    folder = only_artifact(root)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["quantiles"] == [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95]
+    assert manifest["interval"] == 0.8
+    # the manifest's metrics are those of the 80 % interval (0.1 .. 0.9), not the outer columns
+    evaluation = manifest["evaluation"]["test"]["forecasters"]["model"]
+    assert manifest["test_metrics"]["interval"]["coverage"] == pytest.approx(
+        evaluation["interval"]["coverage"]
+    )
+    assert (
+        evaluation["interval"]["coverage"]
+        < evaluation["share_below"]["0.95"] - (evaluation["share_below"]["0.05"])
+    )
+    assert evaluation["pinball_all"] > 0 and evaluation["pinball"] > 0
+    assert manifest["evaluation"]["pinball_levels"] == [0.1, 0.5, 0.9]
+    rng = np.random.default_rng(5)
+    windows = 1500 * np.exp(np.cumsum(rng.normal(0, 0.01, (100, 60)), axis=1))
+    onnx = load_predictor(ModelSettings(path=str(folder)), window_size=60)
+    tf = load_predictor(ModelSettings(path=str(folder), backend="tensorflow"), window_size=60)
+    out = onnx.predict_batch(windows)
+    assert out.shape == (100, 7) and np.all(np.diff(out, axis=1) >= 0)
+    assert np.max(np.abs(out - tf.predict_batch(windows))) <= 1e-5
+
+
+def test_train_refuses_a_quantile_set_without_the_interval(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "artifacts"
+    args = ["train", "--limit-rows", "1500", "--epochs", "1", "--out", str(root)]
+    with pytest.raises(SystemExit):
+        main([*args, "--quantiles", "0.05,0.5,0.95"])
+    assert "must include 0.1, 0.5 and 0.9" in capsys.readouterr().err
+    assert not root.exists()
