@@ -263,6 +263,24 @@ def _consume_error(m: Message, on_error: Callable[[str], None]) -> None:
         raise failure(err, "consume")
 
 
+#: the most a resume spends waking librdkafka's fetchers (Source._wake_fetchers)
+WAKE_BUDGET_S = 0.5
+
+
+def one_per_leader(
+    tps: Sequence[TopicPartition], topics: Mapping[str, Any]
+) -> list[TopicPartition]:
+    """One of `tps` per leader broker, from each topic's metadata (`TopicMetadata` by name, None
+    where unknown); partitions without a leader (-1, mid-election) or unknown are left out."""
+    chosen: dict[int, TopicPartition] = {}
+    for tp in tps:
+        meta = topics.get(tp.topic)
+        part = meta.partitions.get(tp.partition) if meta is not None else None
+        if part is not None and part.leader >= 0:
+            chosen.setdefault(part.leader, tp)
+    return list(chosen.values())
+
+
 class Source:
     """The group consumer, in Records.
 
@@ -322,18 +340,26 @@ class Source:
         service lost ~1 s between recovery and its first batch; rdkafka_partition.c wakes the
         thread only when a partition's fetch state changes). Any request to the partition's
         leader wakes its thread, and on that pass it sees the resumed partitions: one end-offset
-        query per leader. Best effort: if it fails, the fetch starts at the next wake-up."""
-        try:
-            leaders: dict[int, TopicPartition] = {}
-            for topic in {tp.topic for tp in tps}:
-                meta = self._consumer.list_topics(topic, timeout=1.0).topics.get(topic)
-                for tp in tps:
-                    if meta is not None and tp.topic == topic and tp.partition in meta.partitions:
-                        leaders.setdefault(meta.partitions[tp.partition].leader, tp)
-            for tp in leaders.values():
-                self._consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
-        except KafkaException as exc:
-            log.debug("fetchers not woken after resume: %s", exc)
+        query per leader. Best effort, within WAKE_BUDGET_S in all: a leader that does not answer
+        (or a partition without one, mid-election) only keeps the old wait for its partitions."""
+        deadline = time.monotonic() + WAKE_BUDGET_S
+
+        def left() -> float:
+            return max(deadline - time.monotonic(), 0.0)
+
+        topics: dict[str, Any] = {}
+        for topic in {tp.topic for tp in tps}:
+            try:
+                topics[topic] = self._consumer.list_topics(topic, timeout=left()).topics.get(topic)
+            except KafkaException as exc:
+                log.debug("fetchers of %s not woken after resume: %s", topic, exc)
+        for tp in one_per_leader(tps, topics):
+            if left() <= 0:
+                break
+            try:
+                self._consumer.get_watermark_offsets(tp, timeout=left(), cached=False)
+            except KafkaException as exc:
+                log.debug("fetcher of %s[%d] not woken: %s", tp.topic, tp.partition, exc)
 
     def serve(self, timeout: float) -> None:
         """Serve callbacks (commit replies) for up to `timeout`, at the stop only: a record
