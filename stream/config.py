@@ -521,6 +521,10 @@ class FormatSettings(_Section):
     registry_ca_location: str = ""
     #: register the shipped schemas at start; else `tickcast schemas register` must have
     auto_register: bool = False
+    #: the longest one registry request may take (connect, send, answer); confluent-kafka's
+    #: client has none by default, and a registry that accepted and never answered held the
+    #: loop for good
+    registry_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
     @model_validator(mode="after")
     def _registry_named(self, info: ValidationInfo) -> FormatSettings:

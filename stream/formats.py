@@ -42,7 +42,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from stream.config import FormatSettings
-from stream.contracts import Forecast, Undecodable
+from stream.contracts import Forecast, Source, Undecodable
 from stream.errors import ConfigError, RegistryUnavailable
 
 _SCHEMAS = files("stream") / "schemas"
@@ -148,6 +148,25 @@ class _Serdes:
     deserialize: Callable[[bytes, SerializationContext], Any]
 
 
+#: encoded once at start (RegistryFormat.check), so the forecast serializer's registry lookups
+#: are done before the first batch; never published
+SAMPLE_FORECAST = Forecast(
+    symbol="SAMPLE",
+    ts=0,
+    horizon=1,
+    price=1.0,
+    lower=1.0,
+    upper=1.0,
+    interval=0.8,
+    last_price=1.0,
+    model_version="sample",
+    window_hash="0" * 32,
+    cached=False,
+    source=Source("sample", 0, 0),
+    produced_at=0,
+)
+
+
 class RegistryFormat:
     """Encode and decode ticks and forecasts in `settings.kind` through the registry."""
 
@@ -158,6 +177,8 @@ class RegistryFormat:
         self.ticks_topic = ticks_topic
         self.forecasts_topic = forecasts_topic
         conf: dict[str, Any] = {"url": settings.registry_url}
+        if not settings.registry_url.startswith("mock://"):
+            conf["timeout"] = settings.registry_timeout_s
         secret = settings.registry_user_info.get_secret_value()
         if secret:
             conf["basic.auth.user.info"] = secret
@@ -240,7 +261,13 @@ class RegistryFormat:
         """At start: every subject has a schema (or is registered now, with auto_register)."""
         if self.auto_register:
             self.register()
-            return
+        else:
+            self._check_subjects()
+        # The forecast serializer's own lookups (the subject's associations, its latest schema)
+        # happen at its first use: done here, at start, rather than inside the first batch.
+        self.encode_forecast(SAMPLE_FORECAST)
+
+    def _check_subjects(self) -> None:
         for subject in self.subjects():
             try:
                 self.client.get_latest_version(subject)
@@ -364,5 +391,11 @@ class RegistryFormat:
             out = serdes.serialize(record, ctx)
         except SchemaRegistryError as exc:
             raise RegistryUnavailable(f"schema lookup for {ctx.topic}: {exc}") from None
+        except OSError as exc:
+            raise RegistryUnavailable(self._unreachable(exc)) from None
+        except Exception as exc:  # httpx's timeouts and connection errors
+            if type(exc).__module__.startswith(("httpx", "httpcore")):
+                raise RegistryUnavailable(self._unreachable(exc)) from None
+            raise
         assert out is not None  # only None in, None out
         return out

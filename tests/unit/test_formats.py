@@ -331,3 +331,52 @@ def test_the_loop_waits_for_the_registry_and_reports_it_not_redis() -> None:
     assert seen == ["schema registry at http://r unreachable"]
     assert health.registry_down == "" and health.redis_ok
     assert metrics.registry.get_sample_value("tickcast_redis_errors_total") == 0
+
+
+@pytest.mark.parametrize("kind", ["avro", "json-schema"])
+def test_a_registry_that_never_answers_is_unavailable_within_the_timeout(kind: str) -> None:
+    # Seen in CI: a registry request that was accepted and never answered held the service's
+    # loop for good (confluent-kafka's client sets no HTTP timeout unless given one), silently.
+    import socket
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:  # accept and never answer
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    outcome: list[BaseException | None] = []
+
+    def check() -> None:
+        try:
+            settings = FormatSettings(kind=kind, registry_url=url, registry_timeout_s=0.5)
+            RegistryFormat(settings, "ticks", "forecasts").check()
+            outcome.append(None)
+        except BaseException as exc:  # the test reports whatever came out
+            outcome.append(exc)
+
+    started = time.monotonic()
+    worker = threading.Thread(target=check, daemon=True)
+    worker.start()
+    worker.join(20)
+    stop.set()
+    for conn in held:
+        conn.close()
+    server.close()
+    assert not worker.is_alive(), "check() still waiting on a registry that never answers"
+    assert isinstance(outcome[0], RegistryUnavailable), outcome
+    assert "unreachable" in str(outcome[0]) and url in str(outcome[0])
+    # one request's timeout and the client's few retries, not forever
+    assert time.monotonic() - started < 20
