@@ -98,55 +98,24 @@ def _clean_up(settings: Any, bench_id: str, runs: int) -> None:
 
 
 def _run(args: argparse.Namespace, bench_id: str) -> int:
-    import numpy as np
-    import orjson
     from rich.console import Console
     from rich.table import Table
 
     from models.data import GOLD_CSV, load_prices
     from stream import config
     from stream.kafka import ensure_topics
-    from stream.predictor import load_predictor
-    from tools.feed import ticks
 
     console = Console()
     os.environ.update(ensure_services(config.load(args.config)))
     settings = config.load(args.config)
-    window = settings.window.size
     logs = Path(os.environ.get("TICKCAST_LOCAL_DIR", ".local")) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
     # ---------------------------------------------------------------- 1. the feed
-    rows = args.ticks // args.symbols
-    series = load_prices(GOLD_CSV)
-    feed = list(ticks(series.dates, series.prices, args.symbols, "BENCH", rows))
-    topic = f"bench-{bench_id}.ticks"
-    ensure_topics(settings, [topic])
-    produce_s = _produce_all(settings, topic, [(m.key, m.value) for m in feed])
-    console.print(f"replayed {len(feed):,} ticks over {args.symbols} symbols in {produce_s:.1f} s")
+    topic, feed = replay_feed(settings, args, bench_id, console)
 
     # ---------------------------------------------------------------- 2. the ceiling
-    per_symbol: dict[str, list[float]] = {}
-    windows = []
-    for m in feed:
-        obj = orjson.loads(m.value)
-        prices = per_symbol.setdefault(obj["symbol"], [])
-        prices.append(obj["price"])
-        if len(prices) >= window:
-            windows.append(prices[-window:])
-    stacked = np.asarray(windows, dtype=np.float64)
-    del windows, per_symbol  # 11 million float objects the collector would walk while timing
-    predictor = load_predictor(settings.model, window)
-    step = settings.processing.max_batch
-    predictor.predict_batch(stacked[:step])  # warm-up
-    ceiling_runs = []
-    ceiling_cpu_us = []  # the model's own CPU per window (all its threads), beside its wall time
-    for _ in range(max(args.runs, 3)):
-        t0, c0 = time.perf_counter(), time.process_time()
-        for i in range(0, len(stacked), step):
-            predictor.predict_batch(stacked[i : i + step])
-        ceiling_runs.append(len(stacked) / (time.perf_counter() - t0))
-        ceiling_cpu_us.append((time.process_time() - c0) * 1e6 / len(stacked))
+    ceiling_runs, ceiling_cpu_us, expected, step = model_ceiling(settings, feed, args.runs)
     ceiling = statistics.median(ceiling_runs)
     model_cpu_us = statistics.median(ceiling_cpu_us)
     console.print(f"model-only ceiling: {ceiling:,.0f} windows/s (batches of {step})")
@@ -156,7 +125,6 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(settings.kafka.librdkafka_common())
-    expected = len(stacked)
     # CPU of the local broker and Redis too, when they are the ones this machine runs.
     services = localinfra.running()
     runs: list[dict[str, Any]] = []
@@ -241,7 +209,7 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
     relay_run = _reference(lambda: _relay_throughput(settings, admin, topic, len(feed)), console)
 
     # ---------------------------------------------------------------- 4. latency
-    latency = _latency(settings, bench_id, args, series, logs)
+    latency = _latency(settings, bench_id, args, load_prices(GOLD_CSV), logs)
     floor_s = min(args.latency_seconds, 10.0)
     warmup_s = args.warmup_seconds
     hop = _kafka_hop(settings, f"bench-{bench_id}-hop", args.rate, floor_s, warmup_s)
@@ -388,6 +356,62 @@ def _run(args: argparse.Namespace, bench_id: str) -> int:
     path.write_text(json.dumps(result, indent=2))
     console.print(f"saved {path}")
     return 0
+
+
+def replay_feed(
+    settings: Any, args: argparse.Namespace, bench_id: str, console: Any
+) -> tuple[str, list[Any]]:
+    """`args.ticks` ticks over `args.symbols` symbols (the gold series rotated and scaled per
+    symbol) written to a fresh topic; the topic and the ticks."""
+    from models.data import GOLD_CSV, load_prices
+    from stream.kafka import ensure_topics
+    from tools.feed import ticks
+
+    series = load_prices(GOLD_CSV)
+    feed = list(
+        ticks(series.dates, series.prices, args.symbols, "BENCH", args.ticks // args.symbols)
+    )
+    topic = f"bench-{bench_id}.ticks"
+    ensure_topics(settings, [topic])
+    produce_s = _produce_all(settings, topic, [(m.key, m.value) for m in feed])
+    console.print(f"replayed {len(feed):,} ticks over {args.symbols} symbols in {produce_s:.1f} s")
+    return topic, feed
+
+
+def model_ceiling(
+    settings: Any, feed: list[Any], runs: int
+) -> tuple[list[float], list[float], int, int]:
+    """The predictor alone on exactly the feed's full windows, in batches of max_batch, at least
+    three times: windows/s and the model's own CPU per window (all its threads) of each run, the
+    number of full windows, and the batch size."""
+    import numpy as np
+    import orjson
+
+    from stream.predictor import load_predictor
+
+    window = settings.window.size
+    per_symbol: dict[str, list[float]] = {}
+    windows = []
+    for m in feed:
+        obj = orjson.loads(m.value)
+        prices = per_symbol.setdefault(obj["symbol"], [])
+        prices.append(obj["price"])
+        if len(prices) >= window:
+            windows.append(prices[-window:])
+    stacked = np.asarray(windows, dtype=np.float64)
+    del windows, per_symbol  # 11 million float objects the collector would walk while timing
+    predictor = load_predictor(settings.model, window)
+    step = settings.processing.max_batch
+    predictor.predict_batch(stacked[:step])  # warm-up
+    ceiling_runs: list[float] = []
+    ceiling_cpu_us: list[float] = []
+    for _ in range(max(runs, 3)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(0, len(stacked), step):
+            predictor.predict_batch(stacked[i : i + step])
+        ceiling_runs.append(len(stacked) / (time.perf_counter() - t0))
+        ceiling_cpu_us.append((time.process_time() - c0) * 1e6 / len(stacked))
+    return ceiling_runs, ceiling_cpu_us, len(stacked), step
 
 
 def _reference(measure: Callable[[], dict[str, Any]], console: Any) -> dict[str, Any]:

@@ -7,8 +7,8 @@ settings): decode each tick (one typed msgspec call), append its price to the sy
 a dict of Python lists, and for every window that is full (`window.size` prices) make one
 forecast; all the batch's windows go through ONE model call of tickcast's own predictor
 (stream.predictor.load_predictor: the CURRENT artifact, ONNX, the same input transform and
-batch-invariant padding), are priced as the pipeline prices them (stream.scoring.quantile_prices),
-hashed as the pipeline hashes them (stream.cache.digests, the forecast's `window_hash`), encoded
+batch-invariant padding), are priced as the pipeline prices them
+(stream.pipeline.forecast_values), hashed as the pipeline hashes them (stream.cache.digests, the forecast's `window_hash`), encoded
 with stream.contracts.encode_forecast with the same headers, and produced to TARGET_TOPIC without
 waiting for delivery. So every forecast it publishes has the bytes tickcast would publish for
 that window, but for `produced_at`.
@@ -27,7 +27,6 @@ inside a Bytewax dataflow, so the two rivals differ only in their plumbing.
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import time
@@ -40,8 +39,8 @@ import numpy as np
 
 from stream.cache import digests
 from stream.contracts import Forecast, Source, encode_forecast, forecast_headers
+from stream.pipeline import forecast_values
 from stream.predictor import quantile_columns
-from stream.scoring import quantile_prices
 
 
 class TickFields(msgspec.Struct):
@@ -95,22 +94,19 @@ class Forecaster:
         matrix = np.array([d[4] for d in done], dtype=np.float64)
         outputs = predictor.predict_batch(matrix)
         hashes = digests(list(matrix), predictor.horizon)
-        lo_i, mid_i, hi_i = self.columns
+        columns = self.columns
         horizon, interval, version = predictor.horizon, float(predictor.interval), predictor.version
         topic = self.source_topic
         produced_at = int(time.time() * 1000)
-        isfinite = math.isfinite
         out: list[tuple[bytes, bytes, list[Any]]] = []
         for (symbol, ts, partition, offset, prices), row, digest in zip(
             done, outputs, hashes, strict=True
         ):
             last = prices[-1]
-            q = quantile_prices(last, row)
-            if q is None:
+            values = forecast_values(last, row, columns)
+            if values is None:
                 continue
-            price, lower, upper = q[mid_i], q[lo_i], q[hi_i]
-            if not (isfinite(price) and isfinite(lower) and isfinite(upper)):
-                continue
+            price, lower, upper = values
             f = Forecast(
                 symbol,
                 ts,

@@ -47,9 +47,10 @@ from bench.e2e import (
     _cpu_seconds,
     _env,
     _peak_rss_mb,
-    _produce_all,
     _published,
     _wait_for_quiet,
+    model_ceiling,
+    replay_feed,
 )
 from bench.observer import CommittedReader
 from tools import localinfra
@@ -140,58 +141,25 @@ def _local_cpu(services: dict[str, int]) -> float:
 
 
 def _run(args: argparse.Namespace, bench_id: str) -> int:
-    import numpy as np
-    import orjson
     from confluent_kafka.admin import AdminClient
     from rich.console import Console
     from rich.table import Table
 
-    from models.data import GOLD_CSV, load_prices
     from stream import config
     from stream.kafka import ensure_topics
-    from stream.predictor import load_predictor
-    from tools.feed import ticks
 
     console = Console(width=max(Console().width, 120))  # five columns: readable when piped
     os.environ.update(ensure_services(config.load(args.config)))
     settings = config.load(args.config)
-    window = settings.window.size
     logs = Path(os.environ.get("TICKCAST_LOCAL_DIR", ".local")) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     load1 = os.getloadavg()[0]
 
     # ---------------------------------------------------------------- 1. the feed
-    rows = args.ticks // args.symbols
-    series = load_prices(GOLD_CSV)
-    feed = list(ticks(series.dates, series.prices, args.symbols, "BENCH", rows))
-    topic = f"bench-{bench_id}.ticks"
-    ensure_topics(settings, [topic])
-    produce_s = _produce_all(settings, topic, [(m.key, m.value) for m in feed])
-    console.print(f"replayed {len(feed):,} ticks over {args.symbols} symbols in {produce_s:.1f} s")
+    topic, feed = replay_feed(settings, args, bench_id, console)
 
     # ---------------------------------------------------------------- 2. the ceiling
-    per_symbol: dict[str, list[float]] = {}
-    windows = []
-    for m in feed:
-        obj = orjson.loads(m.value)
-        prices = per_symbol.setdefault(obj["symbol"], [])
-        prices.append(obj["price"])
-        if len(prices) >= window:
-            windows.append(prices[-window:])
-    stacked = np.asarray(windows, dtype=np.float64)
-    del windows, per_symbol
-    expected = len(stacked)
-    predictor = load_predictor(settings.model, window)
-    step = settings.processing.max_batch
-    predictor.predict_batch(stacked[:step])  # warm-up
-    ceiling_runs, ceiling_cpu_us = [], []
-    for _ in range(max(args.runs, 3)):
-        t0, c0 = time.perf_counter(), time.process_time()
-        for i in range(0, len(stacked), step):
-            predictor.predict_batch(stacked[i : i + step])
-        ceiling_runs.append(len(stacked) / (time.perf_counter() - t0))
-        ceiling_cpu_us.append((time.process_time() - c0) * 1e6 / len(stacked))
-    del predictor, stacked
+    ceiling_runs, ceiling_cpu_us, expected, step = model_ceiling(settings, feed, args.runs)
     ceiling = statistics.median(ceiling_runs)
     model_cpu_us = statistics.median(ceiling_cpu_us)
     console.print(
@@ -385,7 +353,8 @@ def _measure(
     _wait_for_quiet(timeout_s=10.0)
     reader = CommittedReader(settings.kafka.librdkafka_common(), target, expected)
     reader.start()
-    reader.ready.wait(30)
+    if not reader.ready.wait(30):
+        raise RuntimeError(f"{kind}: the read_committed reader of {target} got no assignment in 30 s")
     local_before = _local_cpu(services)
     launched_at = time.perf_counter()
     if kind == "tickcast":

@@ -69,6 +69,20 @@ def vol_kernel(returns: int) -> np.ndarray:
     return k
 
 
+def averaged(towers: list[tuple[Any, Any, Any]]) -> tuple[Any, Any, Any]:
+    """The towers' (median, lower gap, upper gap), each averaged over the towers: an ensemble
+    over seeds in one graph (one tower: its own outputs, no layer added)."""
+    from keras import layers
+
+    if len(towers) == 1:
+        return towers[0]
+    median, lower_gap, upper_gap = (
+        layers.Average(name=f"{part}_mean")([t[i] for t in towers])
+        for i, part in enumerate(("median", "lower_gap", "upper_gap"))
+    )
+    return median, lower_gap, upper_gap
+
+
 def build_model(
     window: int = 60,
     *,
@@ -104,13 +118,7 @@ def build_model(
     # their medians and gaps averaged: an ensemble over seeds in one graph.
     scaled = layers.Rescaling(INPUT_SCALE, name="input_scale")(inp)
     towers = [tower(scaled, member_suffix(k), conv_filters, lstm_units) for k in range(members)]
-    if members == 1:
-        median, lower_gap, upper_gap = towers[0]
-    else:
-        median, lower_gap, upper_gap = (
-            layers.Average(name=f"{part}_mean")([t[i] for t in towers])
-            for i, part in enumerate(("median", "lower_gap", "upper_gap"))
-        )
+    median, lower_gap, upper_gap = averaged(towers)
     lower_gap = layers.Rescaling(OFFSET_SCALE, name="lower_gap_scale")(lower_gap)
     upper_gap = layers.Rescaling(OFFSET_SCALE, name="upper_gap_scale")(upper_gap)
 
@@ -252,13 +260,7 @@ def build_wide_model(
         tower(scaled, member_suffix(k), conv_filters, lstm_units, lower=k_lo, upper=k_hi)
         for k in range(members)
     ]
-    if members == 1:
-        median, lower_gap, upper_gap = towers[0]
-    else:
-        median, lower_gap, upper_gap = (
-            layers.Average(name=f"{part}_mean")([t[i] for t in towers])
-            for i, part in enumerate(("median", "lower_gap", "upper_gap"))
-        )
+    median, lower_gap, upper_gap = averaged(towers)
 
     def fixed(units: int, name: str) -> Any:
         return layers.Dense(units, use_bias=False, trainable=False, name=name)

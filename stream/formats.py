@@ -148,6 +148,14 @@ class _Serdes:
     deserialize: Callable[[bytes, SerializationContext], Any]
 
 
+def _transport_error(exc: BaseException) -> bool:
+    """The registry could not be reached or did not answer in time (a socket error, one of
+    httpx's timeouts or connection errors): not the message's fault."""
+    return isinstance(exc, OSError) or type(exc).__module__.startswith(
+        ("httpx", "httpcore")
+    )
+
+
 #: encoded once at start (RegistryFormat.check), so the forecast serializer's registry lookups
 #: are done before the first batch; never published
 SAMPLE_FORECAST = Forecast(
@@ -303,10 +311,8 @@ class RegistryFormat:
                     "unknown_schema", f"schema id {schema_id} not registered"
                 ) from None
             raise RegistryUnavailable(f"schema lookup: {exc}") from None
-        except (OSError, TimeoutError) as exc:
-            raise RegistryUnavailable(self._unreachable(exc)) from None
         except Exception as exc:  # the serdes' own errors, fastavro's, protobuf's, recursion
-            if type(exc).__module__.startswith(("httpx", "httpcore")):
+            if _transport_error(exc):
                 raise RegistryUnavailable(self._unreachable(exc)) from None
             raise Undecodable("bad_encoding", f"{type(exc).__name__}: {exc}"[:200]) from None
         if self.kind == "protobuf":
@@ -391,10 +397,8 @@ class RegistryFormat:
             out = serdes.serialize(record, ctx)
         except SchemaRegistryError as exc:
             raise RegistryUnavailable(f"schema lookup for {ctx.topic}: {exc}") from None
-        except OSError as exc:
-            raise RegistryUnavailable(self._unreachable(exc)) from None
-        except Exception as exc:  # httpx's timeouts and connection errors
-            if type(exc).__module__.startswith(("httpx", "httpcore")):
+        except Exception as exc:
+            if _transport_error(exc):
                 raise RegistryUnavailable(self._unreachable(exc)) from None
             raise
         assert out is not None  # only None in, None out

@@ -7,37 +7,14 @@ import numpy as np
 import pytest
 
 from models.train import conformal_factors
+from tests.model.builders import relative, trained_looking, windows
 
 pytest.importorskip("tensorflow")
 
 
 @pytest.fixture(scope="module")
 def model() -> object:
-    from models.cnn_bilstm import build_model
-
-    m = build_model(60)
-    rng = np.random.default_rng(0)
-    # trained-looking weights: every trainable weight moved away from its start
-    for layer in m.layers:
-        if layer.trainable and layer.weights:
-            layer.set_weights(
-                [
-                    np.abs(w) + rng.normal(0, 0.3, w.shape).astype(np.float32) ** 2
-                    if layer.name in {"vol_spans", "sigma"}
-                    else w + rng.normal(0, 0.3, w.shape).astype(np.float32)
-                    for w in layer.get_weights()
-                ]
-            )
-    return m
-
-
-def windows(count: int = 64, vol: float = 0.01, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.cumsum(rng.standard_t(4, (count, 60)) * vol, axis=1)
-
-
-def relative(w: np.ndarray) -> np.ndarray:
-    return (w - w[:, -1:]).astype(np.float32)[..., None]
+    return trained_looking()
 
 
 def test_the_volatility_branch_scales_with_the_window_s_returns(model: object) -> None:

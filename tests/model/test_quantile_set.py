@@ -13,6 +13,7 @@ from models.cnn_bilstm import QUANTILES, assembly_matrix, check_quantiles, side_
 from models.evaluate import pinball_levels, score
 from models.stats import pinball
 from models.train import conformal_factors, symmetric_factor
+from tests.model.builders import relative, trained_looking, windows
 
 WIDE = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 
@@ -92,27 +93,7 @@ def test_calibration_factors_come_from_the_interval_s_columns() -> None:
 @pytest.fixture(scope="module")
 def wide_model() -> object:
     pytest.importorskip("tensorflow")
-    from models.cnn_bilstm import build_model
-
-    m = build_model(60, quantiles=WIDE)
-    rng = np.random.default_rng(0)
-    for layer in m.layers:  # trained-looking weights: every trainable weight moved
-        if layer.trainable and layer.weights:
-            layer.set_weights(
-                [
-                    np.abs(w) + rng.normal(0, 0.3, w.shape).astype(np.float32) ** 2
-                    if layer.name in {"vol_spans", "sigma"}
-                    else w + rng.normal(0, 0.3, w.shape).astype(np.float32)
-                    for w in layer.get_weights()
-                ]
-            )
-    return m
-
-
-def relative_windows(count: int = 64, vol: float = 0.01, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    w = np.cumsum(rng.standard_t(4, (count, 60)) * vol, axis=1)
-    return (w - w[:, -1:]).astype(np.float32)[..., None]
+    return trained_looking(WIDE)
 
 
 def test_the_wide_graph_is_sorted_and_its_volatility_branch_is_the_normal_s_shape(
@@ -120,7 +101,7 @@ def test_the_wide_graph_is_sorted_and_its_volatility_branch_is_the_normal_s_shap
 ) -> None:
     from models.cnn_bilstm import set_mix
 
-    x = relative_windows()
+    x = relative(windows())
     z = np.array([NormalDist().inv_cdf(v) for v in WIDE])
     set_mix(wide_model, 0.0)  # the volatility branch alone: 0 +- |z| sigma at every level
     branch = np.asarray(wide_model(x, training=False))  # type: ignore[operator]
@@ -140,7 +121,7 @@ def test_the_wide_graph_is_sorted_and_its_volatility_branch_is_the_normal_s_shap
 def test_wide_calibration_scales_every_distance_on_its_side(wide_model: object) -> None:
     from models.cnn_bilstm import set_calibration
 
-    x = relative_windows(16)
+    x = relative(windows(16))
     before = np.asarray(wide_model(x, training=False))  # type: ignore[operator]
     set_calibration(wide_model, 2.0, 0.5)
     after = np.asarray(wide_model(x, training=False))  # type: ignore[operator]
@@ -157,7 +138,7 @@ def test_the_wide_network_starts_where_the_three_quantile_one_does() -> None:
 
     from models.cnn_bilstm import build_model
 
-    x = relative_windows(8)
+    x = relative(windows(8))
     outs = []
     for quantiles in (QUANTILES, WIDE):
         keras.utils.set_random_seed(11)

@@ -9,7 +9,9 @@ import json
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryError
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +21,13 @@ from stream import config
 from stream.config import FormatSettings
 from stream.contracts import Forecast, Record, Source, decode_batch
 from stream.errors import ConfigError, RegistryUnavailable
-from stream.formats import RegistryFormat, proto_classes, proto_file, schema_text
+from stream.formats import (
+    SAMPLE_FORECAST,
+    RegistryFormat,
+    proto_classes,
+    proto_file,
+    schema_text,
+)
 
 KINDS = ("avro", "protobuf", "json-schema")
 MAX = 65_536
@@ -380,3 +388,38 @@ def test_a_registry_that_never_answers_is_unavailable_within_the_timeout(kind: s
     assert "unreachable" in str(outcome[0]) and url in str(outcome[0])
     # one request's timeout and the client's few retries, not forever
     assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize("auto", [False, True])
+@pytest.mark.parametrize("kind", ["avro", "json-schema", "protobuf"])
+def test_after_the_start_check_a_forecast_is_encoded_without_asking_the_registry(
+    kind: str, auto: bool
+) -> None:
+    # The serializer's first use asks the registry (the subject's associations, its schema):
+    # check() does it at start, so no batch waits on the registry to encode its forecasts.
+    wire = registered(kind, auto)
+    wire.check()
+    asked: list[str] = []
+    client = wire.client
+    for name in dir(client):
+        call = getattr(client, name)
+        # get_latest_version is asked on every encode with use.latest.version; the real client
+        # answers it from its own cache (no expiry by default) after check()'s first call
+        if (
+            name.startswith(("get_", "lookup_", "register_"))
+            and name != "get_latest_version"
+            and callable(call)
+        ):
+            setattr(client, name, _recording(name, call, asked))
+    forecast = msgspec.structs.replace(SAMPLE_FORECAST, symbol="XAUUSD", price=1900.5)
+    encoded = wire.encode_forecast(forecast)
+    assert asked == []
+    assert wire.decode_forecast(encoded) == forecast
+
+
+def _recording(name: str, call: Any, asked: list[str]) -> Any:
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        asked.append(name)
+        return call(*args, **kwargs)
+
+    return recorded
