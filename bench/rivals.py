@@ -354,7 +354,9 @@ def _measure(
     reader = CommittedReader(settings.kafka.librdkafka_common(), target, expected)
     reader.start()
     if not reader.ready.wait(30):
-        raise RuntimeError(f"{kind}: the read_committed reader of {target} got no assignment in 30 s")
+        raise RuntimeError(
+            f"{kind}: the read_committed reader of {target} got no assignment in 30 s"
+        )
     local_before = _local_cpu(services)
     launched_at = time.perf_counter()
     if kind == "tickcast":

@@ -151,9 +151,7 @@ class _Serdes:
 def _transport_error(exc: BaseException) -> bool:
     """The registry could not be reached or did not answer in time (a socket error, one of
     httpx's timeouts or connection errors): not the message's fault."""
-    return isinstance(exc, OSError) or type(exc).__module__.startswith(
-        ("httpx", "httpcore")
-    )
+    return isinstance(exc, OSError) or type(exc).__module__.startswith(("httpx", "httpcore"))
 
 
 #: encoded once at start (RegistryFormat.check), so the forecast serializer's registry lookups
